@@ -1,0 +1,172 @@
+"""Avro single-object encoding and JSON, the two wire formats of every topic.
+
+Avro messages are ``C3 01`` + the writer schema's 8-byte CRC-64-AVRO fingerprint
+(little-endian) + the Avro binary body, so readers find the writer schema by
+fingerprint with no registry server. JSON messages are plain objects. The
+``content-type`` header (``avro/binary`` or ``application/json``) says which; a
+message without it is recognised by its first bytes.
+
+This module works on plain dicts shaped like the schemas; ``envelopes`` turns
+them into typed objects and checks their values.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+from fastavro.schema import to_parsing_canonical_form
+
+from shadowline.errors import ValueDecodeError
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+MAGIC = b"\xc3\x01"
+AVRO = "avro/binary"
+JSON = "application/json"
+CONTENT_TYPE = "content-type"
+KINDS = ("request", "prediction", "feedback", "control", "comparison", "deadletter")
+
+_EMPTY = 0xC15D213AA4D7A795
+
+
+def _fp_table() -> list[int]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_EMPTY & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_FP_TABLE = _fp_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """The Avro spec's 64-bit Rabin fingerprint (CRC-64-AVRO) of ``data``."""
+    fp = _EMPTY
+    for byte in data:
+        fp = (fp >> 8) ^ _FP_TABLE[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def _strip_logical_types(node: Any) -> Any:
+    # Timestamps travel as epoch milliseconds; reading them as ints spares a
+    # datetime per field. The canonical form drops logicalType, so the
+    # fingerprint is the same as the published schema's.
+    if isinstance(node, dict):
+        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical_types(v) for v in node]
+    return node
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One parsed schema with its single-object header."""
+
+    kind: str
+    name: str
+    raw: dict[str, Any]
+    parsed: Any
+    fingerprint: int
+    header: bytes
+    fields: tuple[str, ...]
+
+
+@cache
+def schema(kind: str) -> Schema:
+    """The published schema of ``kind`` (request, prediction, ...), parsed once."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown schema kind {kind!r}; expected one of {KINDS}")
+    raw = json.loads((SCHEMA_DIR / f"{kind}.avsc").read_text())
+    parsed = fastavro.parse_schema(_strip_logical_types(raw), _write_hint=False)
+    canonical = to_parsing_canonical_form(raw)
+    fp = crc64_avro(canonical.encode())
+    return Schema(
+        kind=kind,
+        name=raw["name"],
+        raw=raw,
+        parsed=parsed,
+        fingerprint=fp,
+        header=MAGIC + fp.to_bytes(8, "little"),
+        fields=tuple(f["name"] for f in raw["fields"]),
+    )
+
+
+@cache
+def _by_fingerprint() -> dict[bytes, Schema]:
+    return {schema(k).header[2:]: schema(k) for k in KINDS}
+
+
+def encode_avro(kind: str, record: dict[str, Any]) -> bytes:
+    """Single-object encode ``record`` (a dict shaped like the schema)."""
+    sch = schema(kind)
+    buf = io.BytesIO()
+    buf.write(sch.header)
+    fastavro.schemaless_writer(buf, sch.parsed, record)
+    return buf.getvalue()
+
+
+def encode_json(record: dict[str, Any]) -> bytes:
+    """JSON-encode a natural-shaped record (inputs and outputs as JSON values)."""
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def sniff(value: bytes, content_type: str | None) -> str:
+    """Which format ``value`` is in, from its header or else its first bytes."""
+    if content_type:
+        ct = content_type.split(";", 1)[0].strip().lower()
+        if ct in (AVRO, "avro/binary-single-object", "application/avro"):
+            return AVRO
+        if ct in (JSON, "text/json"):
+            return JSON
+        raise ValueDecodeError(
+            f"content-type header {content_type!r} is not one of '{AVRO}', '{JSON}'"
+        )
+    if value[:2] == MAGIC:
+        return AVRO
+    if value.lstrip()[:1] == b"{":
+        return JSON
+    raise ValueDecodeError(
+        "no content-type header and the value is neither Avro single-object (C3 01) nor a JSON object"
+    )
+
+
+def decode_avro(kind: str, value: bytes) -> dict[str, Any]:
+    """Decode a single-object Avro message that must be of ``kind``."""
+    if len(value) < 10 or value[:2] != MAGIC:
+        raise ValueDecodeError("not Avro single-object encoding (missing C3 01 marker)")
+    writer = _by_fingerprint().get(value[2:10])
+    if writer is None:
+        raise ValueDecodeError(f"unknown writer schema fingerprint {value[2:10].hex()}")
+    if writer.kind != kind:
+        raise ValueDecodeError(f"wrong schema: got {writer.name}, expected {schema(kind).name}")
+    buf = io.BytesIO(value)
+    buf.seek(10)
+    try:
+        record = fastavro.schemaless_reader(buf, writer.parsed, None)
+    except Exception as exc:  # fastavro raises many types on corrupt bodies
+        raise ValueDecodeError(f"corrupt Avro body for {writer.name}: {type(exc).__name__}") from exc
+    if buf.tell() != len(value):
+        raise ValueDecodeError(
+            f"corrupt Avro body for {writer.name}: {len(value) - buf.tell()} trailing bytes"
+        )
+    return record  # type: ignore[return-value]
+
+
+def decode_json(value: bytes) -> dict[str, Any]:
+    """Parse a JSON object; anything else is a decode error."""
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ValueDecodeError(f"invalid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ValueDecodeError(f"JSON value must be an object, got {type(obj).__name__}")
+    return obj

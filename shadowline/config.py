@@ -1,0 +1,304 @@
+"""The one validated model of ``shadowline.toml``.
+
+Every component reads the same frozen ``Config``. An invalid file stops the
+process with a ``ConfigError`` naming the file, the key, the value found and what
+was expected. Environment overrides are listed in ``ENV_OVERRIDES`` and applied
+in ``load_config`` only, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shadowline.errors import ConfigError
+
+DEFAULT_CONFIG = "shadowline.toml"
+
+Mode = Literal["shadow", "interleave", "ab", "canary"]
+OutputType = Literal["classification", "regression", "probabilities"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaConfig(_Frozen):
+    """Where Kafka is and how topics are named and sized."""
+
+    # env: SHADOWLINE_KAFKA_BOOTSTRAP
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # env: SHADOWLINE_KAFKA_NAMESPACE
+    namespace: str = "shadowline."
+    partitions: int = Field(6, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1, le=16)
+    retention_hours: float = Field(168.0, gt=0)
+    # env: SHADOWLINE_KAFKA_SECURITY_PROTOCOL
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    # env: SHADOWLINE_KAFKA_SASL_USERNAME / SHADOWLINE_KAFKA_SASL_PASSWORD
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    # Extra librdkafka properties passed verbatim to every client.
+    client: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # Where `shadowline kafka up` keeps the local broker's storage and logs.
+    local_data_dir: str = ".shadowline/kafka"
+    # Largest message a producer sends and the broker accepts.
+    max_message_bytes: int = Field(1_048_576, ge=1024)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_chars(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if bad := sorted(set(value) - allowed):
+            raise ValueError(f"topic names allow letters, digits, '.', '_' and '-', not {bad}")
+        return value
+
+    def topic(self, name: str) -> str:
+        """Full topic name for one of the logical topics (``requests``, ``predictions`` ...)."""
+        return f"{self.namespace}{name}"
+
+
+class TapConfig(_Frozen):
+    """How the serving-side tap buffers and sends."""
+
+    # Messages buffered in the process before new ones are dropped and counted.
+    queue_size: int = Field(100_000, ge=100)
+    linger_ms: float = Field(5.0, ge=0)
+    # How long close() waits for buffered messages to leave.
+    close_timeout_s: float = Field(5.0, ge=0)
+
+
+class WarehouseConfig(_Frozen):
+    """Where comparisons are stored and read."""
+
+    # env: SHADOWLINE_WAREHOUSE_BACKEND
+    backend: Literal["embedded", "clickhouse"] = "embedded"
+    # embedded: the chDB data directory (relative paths are taken from the config file's folder)
+    path: str = ".shadowline/warehouse"
+    # embedded: where the owning process serves the ClickHouse HTTP interface (loopback only)
+    port: int = Field(8124, ge=1, le=65535)
+    # clickhouse: server URL, e.g. http://user:pass@host:8123/db  (env: SHADOWLINE_WAREHOUSE_URL)
+    url: SecretStr | None = None
+    database: str = "shadowline"
+    # clickhouse: verify the server's TLS certificate against this CA bundle
+    ca_cert: str | None = None
+    flush_interval_s: float = Field(1.0, gt=0, le=60)
+    batch_size: int = Field(5000, ge=1)
+
+    @model_validator(mode="after")
+    def _server_needs_url(self) -> WarehouseConfig:
+        if self.backend == "clickhouse" and self.url is None:
+            raise ValueError(
+                "backend 'clickhouse' needs url (or SHADOWLINE_WAREHOUSE_URL), "
+                "e.g. http://user:pass@host:8123/db"
+            )
+        return self
+
+
+class JoinerConfig(_Frozen):
+    """The Faust joiner's identity and timing."""
+
+    app_id: str = "shadowline-joiner"
+    # After a row was emitted as missing, how long a late partner still corrects it.
+    late_grace_s: float = Field(300.0, ge=0)
+    # How often pending requests are checked against their window.
+    tick_interval_s: float = Field(0.5, gt=0, le=60)
+    # Local state directory for Faust (tables are rebuilt from changelog topics).
+    data_dir: str = ".shadowline/joiner"
+
+
+class RedactConfig(_Frozen):
+    """Input fields removed or hashed before anything leaves the serving process."""
+
+    drop: tuple[str, ...] = ()
+    hash: tuple[str, ...] = ()
+    # Salt for hashed fields, so hashes cannot be reversed by a dictionary of values.
+    salt: SecretStr = SecretStr("")
+
+
+class CandidateConfig(_Frozen):
+    """One candidate model run by the workers on every mirrored request."""
+
+    name: str = Field(min_length=1, max_length=128)
+    # module:attr | file:path.joblib | mlflow:<model uri>
+    model: str = Field(min_length=1)
+    timeout_ms: float = Field(1000.0, gt=0)
+    batch_size: int = Field(32, ge=1, le=100_000)
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, value: str) -> str:
+        if value.startswith(("file:", "mlflow:")):
+            return value
+        module, sep, attr = value.partition(":")
+        if not sep or not module or not attr:
+            raise ValueError(
+                "expected 'package.module:attribute', 'file:path.joblib' or 'mlflow:<model uri>'"
+            )
+        return value
+
+
+class ExperimentConfig(_Frozen):
+    """One experiment: a production model and the candidates compared with it."""
+
+    name: str = Field(min_length=1, max_length=128)
+    mode: Mode = "shadow"
+    output: OutputType = "classification"
+    production_model: str = Field(min_length=1)
+    # How long the joiner waits for the partner of a prediction before calling it missing.
+    window_s: float = Field(10.0, gt=0, le=86_400)
+    sampling: float = Field(1.0, ge=0, le=1)
+    redact: RedactConfig = RedactConfig()
+    candidates: tuple[CandidateConfig, ...]
+
+    @model_validator(mode="after")
+    def _unique_candidates(self) -> ExperimentConfig:
+        if not self.candidates:
+            raise ValueError("candidates: at least one [[experiments.candidates]] is needed")
+        names = [c.name for c in self.candidates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"candidate names must be unique, repeated: {dupes}")
+        return self
+
+
+class Config(_Frozen):
+    """The whole file. ``source`` is where it came from, for messages and relative paths."""
+
+    kafka: KafkaConfig = KafkaConfig()
+    tap: TapConfig = TapConfig()
+    warehouse: WarehouseConfig = WarehouseConfig()
+    joiner: JoinerConfig = JoinerConfig()
+    experiments: tuple[ExperimentConfig, ...] = ()
+    source: str = Field(default="<defaults>", exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_experiments(self) -> Config:
+        names = [e.name for e in self.experiments]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"experiment names must be unique, repeated: {dupes}")
+        return self
+
+    def experiment(self, name: str) -> ExperimentConfig | None:
+        """The experiment called ``name``, or None."""
+        for exp in self.experiments:
+            if exp.name == name:
+                return exp
+        return None
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        path = Path(value).expanduser()
+        if path.is_absolute() or self.source.startswith("<"):
+            return path.resolve()
+        return (Path(self.source).resolve().parent / path).resolve()
+
+
+# (section, key) <- environment variable. Documented in the README's config reference.
+ENV_OVERRIDES: dict[tuple[str, str], str] = {
+    ("kafka", "bootstrap_servers"): "SHADOWLINE_KAFKA_BOOTSTRAP",
+    ("kafka", "namespace"): "SHADOWLINE_KAFKA_NAMESPACE",
+    ("kafka", "security_protocol"): "SHADOWLINE_KAFKA_SECURITY_PROTOCOL",
+    ("kafka", "sasl_mechanism"): "SHADOWLINE_KAFKA_SASL_MECHANISM",
+    ("kafka", "sasl_username"): "SHADOWLINE_KAFKA_SASL_USERNAME",
+    ("kafka", "sasl_password"): "SHADOWLINE_KAFKA_SASL_PASSWORD",
+    ("warehouse", "backend"): "SHADOWLINE_WAREHOUSE_BACKEND",
+    ("warehouse", "url"): "SHADOWLINE_WAREHOUSE_URL",
+    ("warehouse", "port"): "SHADOWLINE_WAREHOUSE_PORT",
+}
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    for (section, key), var in ENV_OVERRIDES.items():
+        if var in env and env[var] != "":
+            block = data.setdefault(section, {})
+            if isinstance(block, dict):
+                block[key] = env[var]
+    return data
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _format_validation(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors(include_url=False):
+        where = _loc(tuple(err["loc"]))
+        value = err.get("input")
+        secret = any(s in where for s in ("password", "url", "salt"))
+        shown = "***" if secret else repr(value)
+        if err["type"] == "missing":
+            lines.append(f"  {where}: required key is missing")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key (value {shown}); check the spelling")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where} = {shown}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str = "<memory>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed TOML document (tests and the demo build configs this way)."""
+    merged = _apply_env(_deep_copy(data), os.environ if env is None else env)
+    merged["source"] = source
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(source, exc)) from None
+
+
+def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG) -> Config:
+    """Read, override from the environment, and validate one TOML file."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{file}: config file not found (pass -c PATH or create {DEFAULT_CONFIG})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return parse_config(data, source=str(file))
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out[key] = _deep_copy(value)
+        elif isinstance(value, list):
+            out[key] = [_deep_copy(v) if isinstance(v, Mapping) else v for v in value]
+        else:
+            out[key] = value
+    return out
