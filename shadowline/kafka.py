@@ -1,0 +1,186 @@
+"""The one module that imports confluent-kafka: client settings, topics, clients.
+
+Clients are built by functions here and never connect in a constructor of ours;
+librdkafka itself connects lazily in the background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (  # noqa: F401  (re-exported for consumers/)
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka import KafkaError as _RdKafkaError
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from shadowline.config import Config, KafkaConfig
+from shadowline.errors import KafkaError
+
+PARTITION_EOF = _RdKafkaError._PARTITION_EOF
+UNKNOWN_TOPIC = _RdKafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A logical topic: its name suffix, partitions and topic-level settings."""
+
+    name: str
+    partitions: int
+    settings: dict[str, str]
+
+
+def topic_specs(cfg: KafkaConfig) -> list[TopicSpec]:
+    """Every topic of the design, sized from the config.
+
+    requests, predictions, feedback and comparisons share the partition count so
+    the joiner reads co-partitioned input; control is one compacted partition so
+    a router reads the whole routing state; deadletter keeps its evidence longer.
+    """
+    retention = str(int(cfg.retention_hours * 3_600_000))
+    max_bytes = str(cfg.max_message_bytes + 1024)
+    data = {"retention.ms": retention, "max.message.bytes": max_bytes}
+    return [
+        TopicSpec("requests", cfg.partitions, data),
+        TopicSpec("predictions", cfg.partitions, data),
+        TopicSpec("feedback", cfg.partitions, data),
+        TopicSpec("comparisons", cfg.partitions, data),
+        TopicSpec(
+            "control",
+            1,
+            {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"},
+        ),
+        TopicSpec(
+            "deadletter",
+            cfg.partitions,
+            {"retention.ms": str(30 * 86_400_000), "max.message.bytes": str(4 * 1_048_576)},
+        ),
+        # Clock ticks for the joiner's window expiry, one per partition.
+        TopicSpec("joiner-ticks", cfg.partitions, {"retention.ms": "3600000"}),
+    ]
+
+
+def client_settings(cfg: KafkaConfig) -> dict[str, Any]:
+    """librdkafka settings every client gets: bootstrap, security, extras."""
+    out: dict[str, Any] = {
+        "bootstrap.servers": cfg.bootstrap_servers,
+        "security.protocol": cfg.security_protocol,
+    }
+    if cfg.sasl_mechanism:
+        out["sasl.mechanism"] = cfg.sasl_mechanism
+    if cfg.sasl_username:
+        out["sasl.username"] = cfg.sasl_username
+    if cfg.sasl_password:
+        out["sasl.password"] = cfg.sasl_password.get_secret_value()
+    if cfg.ssl_ca_location:
+        out["ssl.ca.location"] = cfg.ssl_ca_location
+    out.update(cfg.client)
+    return out
+
+
+def make_producer(cfg: KafkaConfig, **overrides: Any) -> Producer:
+    """An idempotent, lz4-compressed producer."""
+    settings = client_settings(cfg)
+    settings.update(
+        {
+            "enable.idempotence": True,
+            "compression.type": "lz4",
+            "linger.ms": 5,
+            "message.max.bytes": cfg.max_message_bytes,
+        }
+    )
+    settings.update(overrides)
+    try:
+        return Producer(settings)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot create Kafka producer: {exc}") from exc
+
+
+def make_consumer(cfg: KafkaConfig, group_id: str, **overrides: Any) -> Consumer:
+    """A consumer that commits only when told (after its output is safe)."""
+    settings = client_settings(cfg)
+    settings.update(
+        {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.max.bytes": 8 * 1_048_576,
+        }
+    )
+    settings.update(overrides)
+    try:
+        return Consumer(settings)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot create Kafka consumer: {exc}") from exc
+
+
+def admin(cfg: KafkaConfig, quiet: bool = False) -> AdminClient:
+    """An admin client for topic management; ``quiet`` silences connection-refused noise."""
+    settings = client_settings(cfg)
+    if quiet:
+        settings["log_level"] = 0
+    return AdminClient(settings)
+
+
+def ping(cfg: KafkaConfig, timeout: float = 2.0) -> bool:
+    """True if a broker answers a metadata request within ``timeout`` seconds."""
+    try:
+        md = admin(cfg, quiet=True).list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return bool(md.brokers)
+
+
+def create_topics(config: Config, timeout: float = 30.0) -> dict[str, str]:
+    """Create every topic that does not exist yet; returns name -> 'created' | 'exists'."""
+    cfg = config.kafka
+    client = admin(cfg)
+    try:
+        existing = set(client.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot reach Kafka at {cfg.bootstrap_servers}: {exc}") from exc
+    result: dict[str, str] = {}
+    new: list[NewTopic] = []
+    for spec in topic_specs(cfg):
+        name = cfg.topic(spec.name)
+        if name in existing:
+            result[name] = "exists"
+            continue
+        new.append(
+            NewTopic(
+                name,
+                num_partitions=spec.partitions,
+                replication_factor=cfg.replication_factor,
+                config=spec.settings,
+            )
+        )
+    if new:
+        for name, future in client.create_topics(new, request_timeout=timeout).items():
+            try:
+                future.result(timeout=timeout)
+                result[name] = "created"
+            except KafkaException as exc:
+                if exc.args and exc.args[0].code() == _RdKafkaError.TOPIC_ALREADY_EXISTS:
+                    result[name] = "exists"
+                else:
+                    raise KafkaError(f"cannot create topic {name}: {exc}") from exc
+    return result
+
+
+def header(msg: Message, name: str) -> str | None:
+    """The first header called ``name`` (case-insensitive) as text, or None."""
+    headers = msg.headers()
+    if not headers:
+        return None
+    for key, value in headers:
+        if key.lower() == name and value is not None:
+            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return None

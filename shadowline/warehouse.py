@@ -1,0 +1,308 @@
+"""The one module that talks to ClickHouse (clickhouse-connect, and chDB for embedded).
+
+Two backends, one SQL: ``embedded`` keeps the data in a local chDB directory,
+``clickhouse`` talks to a server. In embedded mode exactly one process owns the
+directory (the sink); it also serves the ClickHouse HTTP interface on loopback
+(``http_server``) so every other reader uses clickhouse-connect over HTTP, as it
+would against a server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from shadowline.config import Config
+from shadowline.envelopes import Comparison
+from shadowline.errors import WarehouseError
+
+DDL_DIR = Path(__file__).resolve().parent.parent / "deploy" / "clickhouse"
+QUERY_DIR = DDL_DIR / "queries"
+
+COMPARISON_COLUMNS = (
+    "event_time", "experiment", "request_id", "production_model", "candidate_model", "status",
+    "revision", "output_type", "agree", "divergence", "metrics", "production_output",
+    "candidate_output", "production_latency_ms", "candidate_latency_ms", "latency_delta_ms",
+    "production_error", "candidate_error", "unit_id", "arm", "joined_at",
+)  # fmt: skip
+
+_READ_STATEMENT = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", re.I)
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+_FORMAT_TAIL = re.compile(r"\s+FORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.I)
+_ERROR_CODE = re.compile(r"Code:\s*(\d+)")
+
+
+def ddl_statements(database: str) -> list[str]:
+    """The DDL of ``deploy/clickhouse/*.sql`` for ``database``, one statement each."""
+    out = [f"CREATE DATABASE IF NOT EXISTS {database}"]
+    for path in sorted(DDL_DIR.glob("*.sql")):
+        text = path.read_text().replace("{db}", database)
+        body = "\n".join(line for line in text.splitlines() if not line.strip().startswith("--"))
+        out.extend(s.strip() for s in body.split(";") if s.strip())
+    return out
+
+
+def named_query(name: str, database: str) -> str:
+    """A query from ``deploy/clickhouse/queries/NAME.sql`` with the database filled in."""
+    path = QUERY_DIR / f"{name}.sql"
+    if not path.exists():
+        raise WarehouseError(f"no named query {name!r} in {QUERY_DIR}")
+    return path.read_text().replace("{db}", database)
+
+
+def comparison_row(c: Comparison) -> list[Any]:
+    """A ``Comparison`` as a row in ``COMPARISON_COLUMNS`` order."""
+    rec = c._avro_record()  # JSON text for outputs, as stored
+    return [rec[name] for name in COMPARISON_COLUMNS]
+
+
+class Warehouse:
+    """A clickhouse-connect client on either backend, plus what the owner needs."""
+
+    def __init__(self, config: Config, client: Any, *, owner: bool) -> None:
+        self.config = config
+        self.database = config.warehouse.database
+        self._client = client
+        self.owner = owner
+        self._lock = threading.Lock()
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def open_owner(cls, config: Config) -> Warehouse:
+        """Open for writing: the embedded directory (exclusively) or the server; apply DDL."""
+        wh = config.warehouse
+        if wh.backend == "embedded":
+            path = config.resolve_path(wh.path)
+            path.mkdir(parents=True, exist_ok=True)
+            client = _connect(dsn=f"chdb://{os.path.realpath(path)}")
+        else:
+            client = _server_client(config, database=None)
+        warehouse = cls(config, client, owner=True)
+        for stmt in ddl_statements(warehouse.database):
+            warehouse.command(stmt)
+        return warehouse
+
+    @classmethod
+    def open_reader(cls, config: Config) -> Warehouse:
+        """Open for reading from any process.
+
+        Embedded: over HTTP from the process that owns the directory if one
+        answers, otherwise by opening the directory itself (nobody owns it).
+        """
+        wh = config.warehouse
+        if wh.backend == "clickhouse":
+            return cls(config, _server_client(config, database=wh.database), owner=False)
+        if embedded_server_answers(config):
+            return cls(config, _loopback_client(config), owner=False)
+        path = config.resolve_path(wh.path)
+        if not path.exists():
+            raise WarehouseError(
+                f"no embedded warehouse at {path} yet (run the pipeline or the demo first)"
+            )
+        return cls.open_owner(config)
+
+    # -- use -------------------------------------------------------------------
+
+    def command(self, sql: str) -> Any:
+        """Run a statement that returns no rows."""
+        try:
+            with self._lock:
+                return self._client.command(sql)
+        except Exception as exc:
+            raise WarehouseError(f"ClickHouse command failed: {_short(exc)}") from exc
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Rows of a query as dicts."""
+        try:
+            with self._lock:
+                result = self._client.query(sql, parameters=parameters or {})
+        except Exception as exc:
+            raise WarehouseError(f"ClickHouse query failed: {_short(exc)}") from exc
+        names = result.column_names
+        return [dict(zip(names, row, strict=True)) for row in result.result_rows]
+
+    def insert_comparisons(self, rows: Sequence[Comparison]) -> int:
+        """Insert a batch of comparisons; idempotent through ReplacingMergeTree + FINAL."""
+        if not rows:
+            return 0
+        data = [comparison_row(c) for c in rows]
+        try:
+            with self._lock:
+                self._client.insert(
+                    f"{self.database}.comparisons", data, column_names=list(COMPARISON_COLUMNS)
+                )
+        except Exception as exc:
+            raise WarehouseError(f"insert into comparisons failed: {_short(exc)}") from exc
+        return len(data)
+
+    def close(self) -> None:
+        """Release the client (and, for the embedded owner, the directory)."""
+        try:
+            self._client.close()
+        except Exception:  # noqa: S110  closing is best effort
+            pass
+
+    # -- the embedded owner's HTTP endpoint --------------------------------------
+
+    def serve_http(self, host: str = "127.0.0.1", port: int | None = None) -> ThreadingHTTPServer:
+        """Serve the ClickHouse HTTP interface (read-only) from this embedded owner."""
+        if self.config.warehouse.backend != "embedded" or not self.owner:
+            raise WarehouseError("only the embedded warehouse's owner serves HTTP")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise WarehouseError("the embedded warehouse serves HTTP on loopback only")
+        server = ThreadingHTTPServer((host, port or self.config.warehouse.port), _handler(self))
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, name="warehouse-http", daemon=True)
+        thread.start()
+        return server
+
+    def _raw_query(self, sql: str, fmt: str, params: dict[str, str]) -> bytes:
+        backend = self._client._backend  # the chdb backend's connection handle
+        with self._lock, backend._handle.lock:
+            backend._use_database_locked(self.database)
+            result = backend._handle.conn.query(sql, fmt, params=params)
+        return bytes(result.bytes())
+
+
+def _handler(warehouse: Warehouse) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "shadowline-embedded"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            return None
+
+        def _answer(self, code: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(code)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _fail(self, code: int, ch_code: int, message: str) -> None:
+            self._answer(
+                code,
+                f"Code: {ch_code}. DB::Exception: {message}\n".encode(),
+                {"X-ClickHouse-Exception-Code": str(ch_code), "Content-Type": "text/plain"},
+            )
+
+        def _handle(self, body: bytes) -> None:
+            url = urlsplit(self.path)
+            if url.path in ("/ping", "/ping/"):
+                self._answer(200, b"Ok.\n", {"Content-Type": "text/plain"})
+                return
+            params = dict(parse_qsl(url.query, keep_blank_values=True))
+            sql = params.get("query", "")
+            text = body.decode("utf-8", "replace") if body else ""
+            sql = f"{sql}\n{text}" if sql and text else (sql or text)
+            if not sql.strip():
+                self._answer(200, b"Ok.\n", {"Content-Type": "text/plain"})
+                return
+            if not _READ_STATEMENT.match(_COMMENTS.sub(" ", sql)):
+                self._fail(403, 164, "the embedded warehouse is read-only over HTTP (readonly)")
+                return
+            fmt = "TabSeparated"
+            match = _FORMAT_TAIL.search(sql)
+            if match:
+                fmt = match.group(1)
+                sql = sql[: match.start()]
+            bind = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
+            try:
+                data = warehouse._raw_query(sql, fmt, bind)
+            except Exception as exc:
+                text_err = str(exc)
+                code = _ERROR_CODE.search(text_err)
+                self._fail(500, int(code.group(1)) if code else 1000, _short(exc))
+                return
+            self._answer(
+                200,
+                data,
+                {
+                    "Content-Type": "application/octet-stream",
+                    "X-ClickHouse-Format": fmt,
+                    "X-ClickHouse-Timezone": "UTC",
+                    "X-ClickHouse-Query-Id": params.get("query_id", ""),
+                },
+            )
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._handle(b"")
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            self._handle(self.rfile.read(length) if length else b"")
+
+    return Handler
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
+
+
+def _connect(**kwargs: Any) -> Any:
+    import clickhouse_connect
+
+    try:
+        return clickhouse_connect.get_client(**kwargs)
+    except Exception as exc:
+        message = _short(exc)
+        if "EmbeddedServer" in message or "chdb engine" in message:
+            message += " (another process owns this embedded warehouse directory)"
+        raise WarehouseError(f"cannot open the warehouse: {message}") from exc
+
+
+def _server_client(config: Config, database: str | None) -> Any:
+    wh = config.warehouse
+    assert wh.url is not None
+    url = urlsplit(wh.url.get_secret_value())
+    kwargs: dict[str, Any] = {
+        "host": url.hostname or "localhost",
+        "port": url.port or (8443 if url.scheme == "https" else 8123),
+        "username": url.username or "default",
+        "password": url.password or "",
+        "secure": url.scheme == "https",
+        "database": database or "default",
+    }
+    if wh.ca_cert:
+        kwargs["ca_cert"] = wh.ca_cert
+    return _connect(**kwargs)
+
+
+def _loopback_client(config: Config) -> Any:
+    return _connect(
+        host="127.0.0.1",
+        port=config.warehouse.port,
+        database=config.warehouse.database,
+        compress=False,
+        connect_timeout=5,
+    )
+
+
+def embedded_server_answers(config: Config, timeout: float = 1.0) -> bool:
+    """True when an embedded warehouse owner serves HTTP on the configured port."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", config.warehouse.port, timeout=timeout)
+    try:
+        conn.request("GET", "/ping")
+        resp = conn.getresponse()
+        return resp.status == 200 and resp.read().startswith(b"Ok")
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def rows_as_json(rows: Iterable[dict[str, Any]]) -> bytes:
+    """Rows as one JSON array of objects (dates as ISO-8601)."""
+    import orjson
+
+    return orjson.dumps(list(rows), default=str)
