@@ -163,6 +163,8 @@ class ExperimentConfig(_Frozen):
     # How long the joiner waits for the partner of a prediction before calling it missing.
     window_s: float = Field(10.0, gt=0, le=86_400)
     sampling: float = Field(1.0, ge=0, le=1)
+    # regression: outputs whose relative difference is at most this count as agreeing
+    regression_tolerance: float = Field(0.01, ge=0)
     redact: RedactConfig = RedactConfig()
     candidates: tuple[CandidateConfig, ...]
 

@@ -1,0 +1,1 @@
+"""confluent-kafka consumer processes: worker agents (run candidates) and the sink."""

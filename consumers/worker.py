@@ -1,0 +1,195 @@
+"""Worker agents: run every candidate of an experiment on each mirrored request.
+
+A consumer-group member on ``requests``. Each poll returns a batch; requests are
+grouped by experiment and each candidate is called on chunks of up to its
+``batch_size`` inputs in a thread with a timeout. An exception or a timeout
+becomes an error prediction for the affected requests (a failing batch is
+retried one input at a time so one bad input does not fail its neighbours).
+Offsets are committed only after every prediction of the batch is acknowledged
+by Kafka, so a crash replays rather than loses (at-least-once; the joiner
+ignores duplicates).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from consumers.deadletter import DeadLetters
+from consumers.loop import flush_all, stop_on_signals
+from shadowline import kafka
+from shadowline.config import CandidateConfig, Config
+from shadowline.envelopes import Prediction, Request
+from shadowline.errors import DecodeError, KafkaError, describe
+from shadowline.models import Model, load_model
+
+log = logging.getLogger("shadowline.worker")
+
+AVRO_HEADERS = [("content-type", b"avro/binary")]
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker process."""
+
+    consumed: int = 0
+    predictions: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+
+class CandidateRunner:
+    """One candidate: its model, its thread and its timeout."""
+
+    def __init__(self, cfg: CandidateConfig, model: Model) -> None:
+        self.cfg = cfg
+        self.model = model
+        # One thread per candidate: a hung model blocks only itself, and the
+        # calls queued behind it are cancelled when they time out.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cand-{cfg.name}")
+
+    def _call(self, inputs: Sequence[dict[str, Any]]) -> tuple[list[Any], float]:
+        start = time.perf_counter()
+        outputs = self.model.predict_batch(inputs)
+        return outputs, (time.perf_counter() - start) * 1000.0
+
+    def run(self, inputs: Sequence[dict[str, Any]], stats: WorkerStats) -> list[tuple[Any, float, str | None]]:
+        """(output, latency_ms, error) per input, in order. Never raises."""
+        timeout_s = self.cfg.timeout_ms / 1000.0
+        fut: Future[tuple[list[Any], float]] = self._pool.submit(self._call, inputs)
+        try:
+            outputs, elapsed = fut.result(timeout=timeout_s)
+        except FutureTimeout:
+            fut.cancel()
+            stats.timeouts += len(inputs)
+            error = f"TimeoutError: candidate {self.cfg.name!r} took longer than {self.cfg.timeout_ms:g} ms"
+            return [(None, self.cfg.timeout_ms, error)] * len(inputs)
+        except Exception as exc:
+            if len(inputs) > 1:
+                # Find out which inputs fail rather than blaming the whole batch.
+                out: list[tuple[Any, float, str | None]] = []
+                for item in inputs:
+                    out.extend(self.run([item], stats))
+                return out
+            return [(None, 0.0, describe(exc))]
+        # A batch call's time is shared by its inputs (amortised per request).
+        per = elapsed / len(inputs)
+        return [(o, per, None) for o in outputs]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Worker:
+    """The worker process: consume requests, run candidates, produce predictions."""
+
+    def __init__(self, config: Config, group_id: str | None = None) -> None:
+        self.config = config
+        self.group_id = group_id or f"{config.kafka.namespace}workers"
+        self.stats = WorkerStats()
+        base = Path(config.source).resolve().parent if not config.source.startswith("<") else None
+        self.runners: dict[str, list[CandidateRunner]] = {}
+        for exp in config.experiments:
+            self.runners[exp.name] = [
+                CandidateRunner(c, load_model(c.model, base)) for c in exp.candidates
+            ]
+        self._delivery_failed: str | None = None
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._delivery_failed = f"{msg.topic()}: {err}"
+
+    def run(self, stop: threading.Event | None = None, batch_size: int = 500) -> WorkerStats:
+        """Run until ``stop`` is set (or SIGINT/SIGTERM); returns the counters."""
+        stop = stop or threading.Event()
+        stop_on_signals(stop)
+        k = self.config.kafka
+        consumer = kafka.make_consumer(k, self.group_id)
+        producer = kafka.make_producer(k, on_delivery=self._on_delivery, **{"linger.ms": 2})
+        dlq = DeadLetters(producer, k.topic("deadletter"), "worker")
+        consumer.subscribe([k.topic("requests")])
+        try:
+            while not stop.is_set():
+                msgs = consumer.consume(num_messages=batch_size, timeout=0.2)
+                if not msgs:
+                    continue
+                self.process(msgs, producer, dlq)
+                flush_all(producer, stop, "worker")
+                if self._delivery_failed:
+                    raise KafkaError(f"prediction not delivered: {self._delivery_failed}")
+                consumer.commit(asynchronous=False)
+        finally:
+            consumer.close()
+            for runners in self.runners.values():
+                for r in runners:
+                    r.close()
+        self.stats.dead_lettered = dlq.count
+        return self.stats
+
+    def process(self, msgs: list[Any], producer: Any, dlq: DeadLetters) -> None:
+        """Decode a batch, run the candidates, produce their predictions."""
+        by_exp: dict[str, list[Request]] = defaultdict(list)
+        topic = self.config.kafka.topic("predictions")
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == kafka.PARTITION_EOF:
+                    continue
+                raise KafkaError(f"consume failed: {err}")
+            self.stats.consumed += 1
+            try:
+                req = Request.from_message(msg.key(), msg.value(), kafka.header(msg, "content-type"))
+            except DecodeError as exc:
+                dlq.send(msg, f"{type(exc).__name__}: {exc.reason}")
+                continue
+            if req.experiment not in self.runners:
+                dlq.send(msg, f"experiment {req.experiment!r} is not configured")
+                continue
+            by_exp[req.experiment].append(req)
+        self.stats.batches += 1
+        for exp_name, reqs in by_exp.items():
+            for runner in self.runners[exp_name]:
+                size = runner.cfg.batch_size
+                for start in range(0, len(reqs), size):
+                    chunk = reqs[start : start + size]
+                    results = runner.run([r.inputs for r in chunk], self.stats)
+                    for req, (output, latency, error) in zip(chunk, results, strict=True):
+                        self._produce(producer, topic, req, runner.cfg.name, output, latency, error)
+
+    def _produce(
+        self, producer: Any, topic: str, req: Request, model: str, output: Any,
+        latency: float, error: str | None,
+    ) -> None:  # fmt: skip
+        pred = Prediction(
+            request_id=req.request_id, experiment=req.experiment, role="candidate", model=model,
+            output=output, latency_ms=latency, event_time=req.event_time, error=error,
+        )  # fmt: skip
+        try:
+            value = pred.encode()
+        except Exception as exc:  # an output that is not JSON-serialisable is a model error
+            pred = Prediction(
+                request_id=req.request_id, experiment=req.experiment, role="candidate",
+                model=model, output=None, latency_ms=latency, event_time=req.event_time,
+                error=f"{describe(exc)} (output could not be encoded)",
+            )  # fmt: skip
+            value = pred.encode()
+        if pred.error:
+            self.stats.errors += 1
+        while True:
+            try:
+                producer.produce(topic, key=pred.key, value=value, headers=AVRO_HEADERS)
+                break
+            except BufferError:
+                producer.poll(0.05)  # the worker may wait; it is not the serving path
+        self.stats.predictions += 1
+        producer.poll(0)

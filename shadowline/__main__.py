@@ -1,0 +1,3 @@
+from shadowline.cli import main
+
+main()

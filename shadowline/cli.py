@@ -1,0 +1,285 @@
+"""The ``shadowline`` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shadowline.config import DEFAULT_CONFIG, Config, load_config
+from shadowline.errors import ConfigError, ShadowlineError
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    envvar="SHADOWLINE_CONFIG",
+    show_envvar=True,
+    type=click.Path(dir_okay=False),
+    help="The shadowline TOML config file.",
+)
+
+
+def _load(path: str) -> Config:
+    return load_config(path)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="shadowline")
+def cli() -> None:
+    """Validate candidate ML models on mirrored production traffic."""
+
+
+# -- kafka --------------------------------------------------------------------
+
+
+@cli.group()
+def kafka() -> None:
+    """Run a local single-node Kafka broker (KRaft) for development."""
+
+
+@kafka.command("up")
+@config_option
+@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the broker.")
+def kafka_up(config_path: str, timeout: float) -> None:
+    """Fetch Kafka from Maven Central (first run), format storage, start, wait until it answers."""
+    from shadowline import broker
+
+    click.echo(broker.up(_load_or_default(config_path), timeout=timeout))
+
+
+@kafka.command("down")
+@config_option
+def kafka_down(config_path: str) -> None:
+    """Stop the local broker."""
+    from shadowline import broker
+
+    click.echo(broker.down(_load_or_default(config_path)))
+
+
+@kafka.command("status")
+@config_option
+def kafka_status(config_path: str) -> None:
+    """Say whether Kafka answers (exit code 0 if it does, 1 if not)."""
+    from shadowline import broker
+
+    running, message = broker.status(_load_or_default(config_path))
+    click.echo(message)
+    sys.exit(0 if running else 1)
+
+
+def _load_or_default(path: str) -> Config:
+    # kafka up/down/status work without a config file (defaults), but a file
+    # that exists must be valid.
+    if Path(path).exists() or path != DEFAULT_CONFIG:
+        return _load(path)
+    from shadowline.config import parse_config
+
+    return parse_config({}, source="<defaults>")
+
+
+# -- topics -------------------------------------------------------------------
+
+
+@cli.group()
+def topics() -> None:
+    """Manage shadowline's Kafka topics."""
+
+
+@topics.command("create")
+@config_option
+def topics_create(config_path: str) -> None:
+    """Create every topic (requests, predictions, feedback, comparisons, control, deadletter)."""
+    from shadowline.kafka import create_topics
+
+    for name, outcome in create_topics(_load_or_default(config_path)).items():
+        click.echo(f"{outcome:8} {name}")
+
+
+# -- run / up -----------------------------------------------------------------
+
+
+@cli.command("run")
+@click.argument("component", type=click.Choice(["worker", "joiner", "sink"]))
+@config_option
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    envvar="SHADOWLINE_LOG_LEVEL",
+    show_envvar=True,
+    help="Logging level.",
+)
+def run(component: str, config_path: str, log_level: str) -> None:
+    """Run one pipeline component in the foreground until SIGINT/SIGTERM."""
+    _setup_logging(log_level)
+    config = _load(config_path)
+    if component == "worker":
+        from consumers.worker import Worker
+
+        stats = Worker(config).run()
+    elif component == "sink":
+        from consumers.sink import Sink
+
+        stats = Sink(config).run()
+    else:
+        from streams.joiner import run as run_joiner
+
+        run_joiner(config, loglevel=log_level)
+        return
+    logging.getLogger("shadowline").info("%s stopped: %s", component, stats)
+
+
+@cli.command("up")
+@config_option
+@click.option("--log-dir", type=click.Path(file_okay=False), help="Write each component's log here.")
+def up(config_path: str, log_dir: str | None) -> None:
+    """Run worker, joiner and sink locally in the foreground; stop cleanly on SIGINT/SIGTERM."""
+    from shadowline.kafka import create_topics, ping
+    from shadowline.supervisor import Pipeline
+
+    config = _load(config_path)
+    if not ping(config.kafka):
+        raise ShadowlineError(
+            f"Kafka does not answer at {config.kafka.bootstrap_servers} (try: shadowline kafka up)"
+        )
+    create_topics(config)
+    pipeline = Pipeline(config_path, log_dir=Path(log_dir) if log_dir else None)
+    pipeline.start()
+    click.echo(f"pipeline running (pids {[p.pid for p in pipeline.procs.values()]}); Ctrl-C stops it")
+    pipeline.wait()
+    click.echo("pipeline stopped")
+
+
+# -- replay -------------------------------------------------------------------
+
+
+@cli.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@config_option
+@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+def replay_cmd(file: str, config_path: str, no_progress: bool) -> None:
+    """Replay recorded traffic (JSON lines) into requests/predictions/feedback."""
+    from shadowline.replay import replay
+
+    result = replay(_load(config_path), file, progress=not no_progress)
+    click.echo(
+        f"replayed {result.lines} lines: {result.requests} requests, "
+        f"{result.predictions} predictions, {result.feedback} feedback; {len(result.bad)} rejected"
+    )
+    for line_no, reason in result.bad[:20]:
+        click.echo(f"  line {line_no}: {reason}", err=True)
+    sys.exit(1 if result.bad else 0)
+
+
+# -- query --------------------------------------------------------------------
+
+
+@cli.command("query")
+@click.argument("sql")
+@config_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "tsv"]),
+    default="table",
+    show_default=True,
+    help="json prints one JSON array of row objects.",
+)
+def query_cmd(sql: str, config_path: str, fmt: str) -> None:
+    """Run SQL against the configured warehouse (whether or not the pipeline runs)."""
+    from shadowline.warehouse import Warehouse, rows_as_json
+
+    config = _load(config_path)
+    wh = Warehouse.open_reader(config)
+    try:
+        rows = wh.query(sql)
+    finally:
+        wh.close()
+    if fmt == "json":
+        click.echo(rows_as_json(rows).decode())
+        return
+    _print_rows(rows, tsv=fmt == "tsv")
+
+
+def _print_rows(rows: list[dict[str, Any]], tsv: bool) -> None:
+    if not rows:
+        click.echo("(no rows)")
+        return
+    cols = list(rows[0])
+    cells = [[_cell(r[c]) for c in cols] for r in rows]
+    if tsv:
+        click.echo("\t".join(cols))
+        for row in cells:
+            click.echo("\t".join(row))
+        return
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "NULL" if value is None else str(value)
+
+
+# -- demo ---------------------------------------------------------------------
+
+
+@cli.command("demo")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--requests", "n_requests", default=5000, show_default=True, help="Requests to serve.")
+@click.option(
+    "--dir",
+    "demo_dir",
+    default=".shadowline/demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the demo keeps its config, models, warehouse and logs.",
+)
+def demo_cmd(as_json: bool, n_requests: int, demo_dir: str) -> None:
+    """Train two models on a scikit-learn dataset, shadow one with the other, print the summary."""
+    from shadowline.demo import format_summary, run_demo
+
+    summary = run_demo(Path(demo_dir), n_requests=n_requests, quiet=as_json)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_summary(summary))
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning shadowline errors into one-line messages."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except ShadowlineError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""The Faust joiner: pairs production and candidate predictions by request ID."""
