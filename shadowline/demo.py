@@ -135,6 +135,7 @@ def run_demo(demo_dir: Path, n_requests: int = 5000, quiet: bool = False) -> dic
     pipeline.start()
     try:
         _wait_for_warehouse(config, pipeline)
+        _wait_for_groups(config, pipeline)
         say(f"serving {n_requests} requests through the tap (experiment {experiment}) ...")
         rng = np.random.default_rng(42)
         mirror = Mirror(config)
@@ -209,6 +210,23 @@ def _wait_for_warehouse(config: Any, pipeline: Pipeline, timeout: float = 60.0) 
             return
         time.sleep(0.2)
     raise ShadowlineError("the sink did not open the warehouse within 60 s")
+
+
+def _wait_for_groups(config: Any, pipeline: Pipeline, timeout: float = 60.0) -> None:
+    from shadowline.kafka import groups_ready
+
+    groups = [
+        f"{config.kafka.namespace}workers",
+        config.joiner.app_id,
+        f"{config.kafka.namespace}sink",
+    ]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pipeline.check()
+        if groups_ready(config.kafka, groups):
+            return
+        time.sleep(0.2)
+    raise ShadowlineError(f"consumer groups {groups} did not become ready within {timeout:.0f}s")
 
 
 def _wait_for_pairs(

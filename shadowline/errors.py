@@ -35,6 +35,10 @@ class ValueDecodeError(DecodeError):
     """The message value is corrupt, of an unknown schema, or invalid."""
 
 
+class EncodeError(ShadowlineError):
+    """A value cannot be encoded faithfully (e.g. NaN, which JSON cannot carry)."""
+
+
 class KafkaError(ShadowlineError):
     """Talking to Kafka failed (admin, produce or consume)."""
 

@@ -6,6 +6,7 @@ librdkafka itself connects lazily in the background.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from shadowline.config import Config, KafkaConfig
 from shadowline.errors import KafkaError
 
+_RDKAFKA_LOG = logging.getLogger("shadowline.rdkafka")
 PARTITION_EOF = _RdKafkaError._PARTITION_EOF
 UNKNOWN_TOPIC = _RdKafkaError.UNKNOWN_TOPIC_OR_PART
 
@@ -82,6 +84,8 @@ def client_settings(cfg: KafkaConfig) -> dict[str, Any]:
     if cfg.ssl_ca_location:
         out["ssl.ca.location"] = cfg.ssl_ca_location
     out.update(cfg.client)
+    # librdkafka logs through Python logging, not straight onto the service's stderr.
+    out.setdefault("logger", _RDKAFKA_LOG)
     return out
 
 
@@ -184,3 +188,21 @@ def header(msg: Message, name: str) -> str | None:
         if key.lower() == name and value is not None:
             return value.decode("latin-1") if isinstance(value, bytes) else str(value)
     return None
+
+
+def groups_ready(cfg: KafkaConfig, group_ids: list[str], timeout: float = 5.0) -> bool:
+    """True when every consumer group is Stable with at least one member holding partitions."""
+    from confluent_kafka import ConsumerGroupState
+
+    try:
+        client = admin(cfg, quiet=True)  # must outlive its futures
+        futures = client.describe_consumer_groups(group_ids)
+        for future in futures.values():
+            desc = future.result(timeout=timeout)
+            if desc.state != ConsumerGroupState.STABLE or not desc.members:
+                return False
+            if not any(m.assignment and m.assignment.topic_partitions for m in desc.members):
+                return False
+    except (KafkaException, TimeoutError):
+        return False
+    return True

@@ -87,6 +87,8 @@ class Warehouse:
         warehouse = cls(config, client, owner=True)
         for stmt in ddl_statements(warehouse.database):
             warehouse.command(stmt)
+        # The database exists only now; unqualified names resolve in it from here on.
+        client.database = warehouse.database
         return warehouse
 
     @classmethod

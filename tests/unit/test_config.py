@@ -1,0 +1,91 @@
+import subprocess
+import sys
+
+import pytest
+
+from shadowline.config import load_config, parse_config
+from shadowline.errors import ConfigError
+
+EXP = {"name": "e", "production_model": "p", "candidates": [{"name": "c", "model": "m:f"}]}
+
+
+def test_defaults_follow_the_design():
+    cfg = parse_config({"experiments": [EXP]}, env={})
+    assert cfg.kafka.namespace == "shadowline."
+    assert cfg.kafka.topic("requests") == "shadowline.requests"
+    assert cfg.warehouse.backend == "embedded"
+    assert cfg.warehouse.flush_interval_s <= 1.0
+    exp = cfg.experiment("e")
+    assert exp is not None and exp.mode == "shadow" and exp.sampling == 1.0
+
+
+def test_error_names_file_key_value_and_expectation(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[[experiments]]\nname = "e"\nproduction_model = "p"\nmode = "yolo"\n'
+        '[[experiments.candidates]]\nname = "c"\nmodel = "m:f"\ntimeout_ms = -5\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert str(path) in text
+    assert "experiments[0].mode = 'yolo'" in text and "'shadow'" in text
+    assert "experiments[0].candidates[0].timeout_ms = -5" in text and "greater than 0" in text
+
+
+def test_unknown_keys_missing_keys_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match=r"warehouse.pth: unknown key"):
+        parse_config({"warehouse": {"pth": "x"}}, "f.toml", env={})
+    with pytest.raises(ConfigError, match=r"experiments\[0\].production_model: required key is missing"):
+        parse_config({"experiments": [{"name": "e", "candidates": [EXP["candidates"][0]]}]}, env={})
+    bad = tmp_path / "x.toml"
+    bad.write_text("[kafka\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_model_reference_and_candidate_rules():
+    bad = dict(EXP, candidates=[{"name": "c", "model": "nocolon"}])
+    with pytest.raises(ConfigError, match="expected 'package.module:attribute'"):
+        parse_config({"experiments": [bad]}, env={})
+    dup = dict(EXP, candidates=[EXP["candidates"][0], EXP["candidates"][0]])
+    with pytest.raises(ConfigError, match="candidate names must be unique"):
+        parse_config({"experiments": [dup]}, env={})
+    none = dict(EXP, candidates=[])
+    with pytest.raises(ConfigError, match="at least one"):
+        parse_config({"experiments": [none]}, env={})
+
+
+def test_environment_overrides_and_secrets_stay_hidden():
+    env = {
+        "SHADOWLINE_KAFKA_BOOTSTRAP": "broker:9093",
+        "SHADOWLINE_WAREHOUSE_BACKEND": "clickhouse",
+        "SHADOWLINE_WAREHOUSE_URL": "http://u:hunter2@ch:8123/db",
+    }
+    cfg = parse_config({}, env=env)
+    assert cfg.kafka.bootstrap_servers == "broker:9093"
+    assert cfg.warehouse.backend == "clickhouse"
+    assert "hunter2" not in repr(cfg)
+    with pytest.raises(ConfigError) as err:
+        parse_config({"warehouse": {"url": "http://u:hunter2@x", "port": "nope"}}, env={})
+    assert "hunter2" not in str(err.value)
+
+
+def test_server_backend_needs_a_url():
+    with pytest.raises(ConfigError, match="backend 'clickhouse' needs url"):
+        parse_config({"warehouse": {"backend": "clickhouse"}}, env={})
+
+
+def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[kafka]\npartitions = "many"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "shadowline", "query", "SELECT 1", "-c", str(path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"{path}: invalid configuration" in proc.stderr
+    assert "kafka.partitions = 'many'" in proc.stderr
