@@ -104,6 +104,10 @@ class Worker:
                 CandidateRunner(c, load_model(c.model, base)) for c in exp.candidates
             ]
         self._delivery_failed: str | None = None
+        # Candidates score a batch side by side, so a slow one delays only itself.
+        n = max(1, sum(len(r) for r in self.runners.values()))
+        self._fanout = ThreadPoolExecutor(max_workers=n, thread_name_prefix="score")
+        self._stats_lock = threading.Lock()
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -130,6 +134,7 @@ class Worker:
                 consumer.commit(asynchronous=False)
         finally:
             consumer.close()
+            self._fanout.shutdown(wait=False, cancel_futures=True)
             for runners in self.runners.values():
                 for r in runners:
                     r.close()
@@ -157,18 +162,30 @@ class Worker:
                 continue
             by_exp[req.experiment].append(req)
         self.stats.batches += 1
-        for exp_name, reqs in by_exp.items():
-            for runner in self.runners[exp_name]:
-                size = runner.cfg.batch_size
-                for start in range(0, len(reqs), size):
-                    chunk = reqs[start : start + size]
-                    results = runner.run([r.inputs for r in chunk], self.stats)
-                    for req, (output, latency, error) in zip(chunk, results, strict=True):
-                        self._produce(producer, topic, req, runner.cfg.name, output, latency, error)
+        tasks = [
+            self._fanout.submit(self._score, runner, reqs, producer, topic)
+            for exp_name, reqs in by_exp.items()
+            for runner in self.runners[exp_name]
+        ]
+        for task in tasks:
+            task.result()
+
+    def _score(self, runner: CandidateRunner, reqs: list[Request], producer: Any, topic: str) -> None:
+        size = runner.cfg.batch_size
+        stats = WorkerStats()
+        for start in range(0, len(reqs), size):
+            chunk = reqs[start : start + size]
+            results = runner.run([r.inputs for r in chunk], stats)
+            for req, (output, latency, error) in zip(chunk, results, strict=True):
+                self._produce(producer, topic, req, runner.cfg.name, output, latency, error, stats)
+        with self._stats_lock:
+            self.stats.timeouts += stats.timeouts
+            self.stats.errors += stats.errors
+            self.stats.predictions += stats.predictions
 
     def _produce(
         self, producer: Any, topic: str, req: Request, model: str, output: Any,
-        latency: float, error: str | None,
+        latency: float, error: str | None, stats: WorkerStats,
     ) -> None:  # fmt: skip
         pred = Prediction(
             request_id=req.request_id, experiment=req.experiment, role="candidate", model=model,
@@ -184,12 +201,12 @@ class Worker:
             )  # fmt: skip
             value = pred.encode()
         if pred.error:
-            self.stats.errors += 1
+            stats.errors += 1
         while True:
             try:
                 producer.produce(topic, key=pred.key, value=value, headers=AVRO_HEADERS)
                 break
             except BufferError:
                 producer.poll(0.05)  # the worker may wait; it is not the serving path
-        self.stats.predictions += 1
+        stats.predictions += 1
         producer.poll(0)

@@ -37,6 +37,7 @@ class JoinerStats:
     events: int = 0
     emitted: int = 0
     dead_lettered: int = 0
+    skipped: int = 0  # invalid requests, dead-lettered by the workers
     duplicates: int = 0
     expired: int = 0
     purged: int = 0
@@ -200,6 +201,9 @@ def build_app(config: Config) -> faust.App:
 
     async def on_event(message: Any) -> None:
         topic = message.topic
+        # The workers own `requests` and dead-letter what they cannot use there;
+        # the joiner skips such messages so each one is dead-lettered once.
+        owner = topic != requests_name
         try:
             if topic == requests_name:
                 env: Request | Prediction = Request.from_message(
@@ -208,11 +212,17 @@ def build_app(config: Config) -> faust.App:
             else:
                 env = Prediction.from_message(message.key, message.value, _content_type(message.headers))
         except DecodeError as exc:
-            await dead(message, f"{type(exc).__name__}: {exc.reason}")
+            if owner:
+                await dead(message, f"{type(exc).__name__}: {exc.reason}")
+            else:
+                stats.skipped += 1
             return
         exp = experiments.get(env.experiment)
         if exp is None:
-            await dead(message, f"experiment {env.experiment!r} is not configured")
+            if owner:
+                await dead(message, f"experiment {env.experiment!r} is not configured")
+            else:
+                stats.skipped += 1
             return
         if isinstance(env, Prediction) and env.role == "candidate" and not any(
             c.name == env.model for c in exp.candidates

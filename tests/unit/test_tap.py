@@ -33,7 +33,7 @@ def test_tap_never_raises_or_blocks_when_kafka_is_unreachable():
     config = parse_config(
         {
             "kafka": {"bootstrap_servers": "127.0.0.1:1"},
-            "tap": {"queue_size": 100},
+            "tap": {"queue_size": 100, "close_timeout_s": 0.5},
             "experiments": [
                 {"name": "e", "production_model": "p", "candidates": [{"name": "c", "model": "m:f"}]}
             ],
