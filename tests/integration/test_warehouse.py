@@ -1,0 +1,104 @@
+"""The warehouse contract on the real engine: chDB in-process, read over ClickHouse HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from shadowline.config import parse_config
+from shadowline.envelopes import Comparison, now_ms
+from shadowline.errors import WarehouseError
+from shadowline.warehouse import COMPARISON_COLUMNS, Warehouse, named_query
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory):
+    # chDB allows one data directory per process: one owner for this module.
+    config = parse_config(
+        {"warehouse": {"path": str(tmp_path_factory.mktemp("wh")), "port": free_port()}}, env={}
+    )
+    wh = Warehouse.open_owner(config)
+    server = wh.serve_http()
+    yield wh
+    server.shutdown()
+    wh.close()
+
+
+def row(rid: str, candidate: str = "c", status: str = "matched", revision: int = 1, **kw) -> Comparison:
+    t = now_ms()
+    fields = dict(
+        request_id=rid, experiment=kw.pop("experiment", "wh"), event_time=t,
+        production_model="p", candidate_model=candidate, status=status, revision=revision,
+        output_type="classification", joined_at=t, agree=True, divergence=0.0,
+        production_output={"label": 1}, candidate_output={"label": 1},
+        production_latency_ms=1.0, candidate_latency_ms=2.0, latency_delta_ms=1.0,
+    )  # fmt: skip
+    fields.update(kw)
+    return Comparison(**fields)
+
+
+def count(wh: Warehouse, experiment: str, final: bool = True) -> int:
+    table = "comparisons_final" if final else "comparisons"
+    return wh.query(f"SELECT count() AS n FROM {table} WHERE experiment = {{e:String}}",
+                    {"e": experiment})[0]["n"]
+
+
+def test_columns_match_the_contract(owner):
+    cols = {r["name"] for r in owner.query("DESCRIBE TABLE comparisons")}
+    assert set(COMPARISON_COLUMNS) <= cols
+    for required in ("event_time", "experiment", "request_id", "production_model",
+                     "candidate_model", "status", "agree", "divergence", "production_latency_ms",
+                     "candidate_latency_ms", "latency_delta_ms", "production_error",
+                     "candidate_error", "production_output", "candidate_output"):
+        assert required in cols
+
+
+def test_replayed_batches_add_no_rows(owner):
+    batch = [row(f"r{i}", experiment="replay") for i in range(50)]
+    owner.insert_comparisons(batch)
+    owner.insert_comparisons(batch)  # same batch again: block deduplication
+    owner.insert_comparisons(batch[10:30] + [row("r99", experiment="replay")])  # other boundaries
+    assert count(owner, "replay") == 51
+    # the raw table may hold versions; after a merge they collapse as well
+    owner.command("OPTIMIZE TABLE comparisons FINAL")
+    assert count(owner, "replay", final=False) == 51
+
+
+def test_a_late_correction_replaces_the_missing_row(owner):
+    owner.insert_comparisons([row("x", status="missing_candidate", revision=0, experiment="late",
+                                  candidate_output=None, agree=None)])
+    owner.insert_comparisons([row("x", status="late", revision=3, experiment="late")])
+    # a stray one-sided verdict after the joiner forgot the request must not win
+    owner.insert_comparisons([row("x", status="missing_production", revision=0, experiment="late")])
+    got = owner.query("SELECT status, revision FROM comparisons_final WHERE experiment = 'late'")
+    assert got == [{"status": "late", "revision": 3}]
+
+
+def test_readers_go_over_http_and_cannot_write(owner):
+    owner.insert_comparisons([row(f"h{i}", experiment="http") for i in range(3)])
+    reader = Warehouse.open_reader(owner.config)
+    try:
+        assert reader.owner is False
+        assert count(reader, "http") == 3
+        summary = reader.query(named_query("candidate_summary", owner.database), {"experiment": "http"})
+        assert summary[0]["pairs"] == 3 and summary[0]["agreement_rate"] == 1.0
+        with pytest.raises(WarehouseError, match="read-only"):
+            reader.query("INSERT INTO comparisons (request_id) VALUES ('evil')")
+        with pytest.raises(WarehouseError, match="read-only"):
+            reader.command("DROP TABLE comparisons")
+        with pytest.raises(WarehouseError, match="UNKNOWN_TABLE|Unknown table"):
+            reader.query("SELECT * FROM no_such_table")
+    finally:
+        reader.close()
+    assert count(owner, "http") == 3
+
+
+def test_server_backend_config_needs_a_reachable_server():
+    config = parse_config(
+        {"warehouse": {"backend": "clickhouse", "url": "http://u:secret@127.0.0.1:1/db"}}, env={}
+    )
+    with pytest.raises(WarehouseError) as err:
+        Warehouse.open_reader(config)
+    assert "secret" not in str(err.value)
