@@ -53,6 +53,9 @@ class Sink:
         if self._oldest is None:
             self._oldest = time.monotonic()
         self._buffer.append(row)
+        self._remember(msg)
+
+    def _remember(self, msg: Any) -> None:
         self._offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
 
     def due(self) -> bool:
@@ -121,7 +124,7 @@ class Sink:
                         )
                     except DecodeError as exc:
                         dlq.send(msg, f"{type(exc).__name__}: {exc.reason}")
-                        self._offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+                        self._remember(msg)
                         continue
                     self.add(row, msg)
                 if self.due() or (self._offsets and not self._buffer):

@@ -63,7 +63,9 @@ class CandidateRunner:
         outputs = self.model.predict_batch(inputs)
         return outputs, (time.perf_counter() - start) * 1000.0
 
-    def run(self, inputs: Sequence[dict[str, Any]], stats: WorkerStats) -> list[tuple[Any, float, str | None]]:
+    def run(
+        self, inputs: Sequence[dict[str, Any]], stats: WorkerStats
+    ) -> list[tuple[Any, float, str | None]]:
         """(output, latency_ms, error) per input, in order. Never raises."""
         timeout_s = self.cfg.timeout_ms / 1000.0
         fut: Future[tuple[list[Any], float]] = self._pool.submit(self._call, inputs)
@@ -72,7 +74,10 @@ class CandidateRunner:
         except FutureTimeout:
             fut.cancel()
             stats.timeouts += len(inputs)
-            error = f"TimeoutError: candidate {self.cfg.name!r} took longer than {self.cfg.timeout_ms:g} ms"
+            error = (
+                f"TimeoutError: candidate {self.cfg.name!r} took longer than "
+                f"{self.cfg.timeout_ms:g} ms"
+            )
             return [(None, self.cfg.timeout_ms, error)] * len(inputs)
         except Exception as exc:
             if len(inputs) > 1:
@@ -153,7 +158,9 @@ class Worker:
                 raise KafkaError(f"consume failed: {err}")
             self.stats.consumed += 1
             try:
-                req = Request.from_message(msg.key(), msg.value(), kafka.header(msg, "content-type"))
+                req = Request.from_message(
+                    msg.key(), msg.value(), kafka.header(msg, "content-type")
+                )
             except DecodeError as exc:
                 dlq.send(msg, f"{type(exc).__name__}: {exc.reason}")
                 continue
@@ -170,7 +177,9 @@ class Worker:
         for task in tasks:
             task.result()
 
-    def _score(self, runner: CandidateRunner, reqs: list[Request], producer: Any, topic: str) -> None:
+    def _score(
+        self, runner: CandidateRunner, reqs: list[Request], producer: Any, topic: str
+    ) -> None:
         size = runner.cfg.batch_size
         stats = WorkerStats()
         for start in range(0, len(reqs), size):

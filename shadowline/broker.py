@@ -162,7 +162,9 @@ def up(config: Config, timeout: float = 90.0) -> str:
                 f"Kafka exited with code {proc.returncode}; see {b.data_dir / 'broker.out'}"
             )
         if ping(config.kafka, timeout=1.0):
-            return f"kafka up at {config.kafka.bootstrap_servers} (pid {proc.pid}, data {b.data_dir})"
+            return (
+                f"kafka up at {config.kafka.bootstrap_servers} (pid {proc.pid}, data {b.data_dir})"
+            )
         time.sleep(0.2)
     proc.kill()
     raise BrokerError(f"Kafka did not answer within {timeout:.0f}s; see {b.log_file}")

@@ -127,6 +127,7 @@ def run(component: str, config_path: str, log_level: str) -> None:
     """Run one pipeline component in the foreground until SIGINT/SIGTERM."""
     _setup_logging(log_level)
     config = _load(config_path)
+    stats: object
     if component == "worker":
         from consumers.worker import Worker
 
@@ -145,7 +146,9 @@ def run(component: str, config_path: str, log_level: str) -> None:
 
 @cli.command("up")
 @config_option
-@click.option("--log-dir", type=click.Path(file_okay=False), help="Write each component's log here.")
+@click.option(
+    "--log-dir", type=click.Path(file_okay=False), help="Write each component's log here."
+)
 def up(config_path: str, log_dir: str | None) -> None:
     """Run worker, joiner and sink locally in the foreground; stop cleanly on SIGINT/SIGTERM."""
     from shadowline.kafka import create_topics, ping
@@ -159,7 +162,9 @@ def up(config_path: str, log_dir: str | None) -> None:
     create_topics(config)
     pipeline = Pipeline(config_path, log_dir=Path(log_dir) if log_dir else None)
     pipeline.start()
-    click.echo(f"pipeline running (pids {[p.pid for p in pipeline.procs.values()]}); Ctrl-C stops it")
+    click.echo(
+        f"pipeline running (pids {[p.pid for p in pipeline.procs.values()]}); Ctrl-C stops it"
+    )
     pipeline.wait()
     click.echo("pipeline stopped")
 
@@ -243,7 +248,9 @@ def _cell(value: Any) -> str:
 
 @cli.command("demo")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@click.option("--requests", "n_requests", default=5000, show_default=True, help="Requests to serve.")
+@click.option(
+    "--requests", "n_requests", default=5000, show_default=True, help="Requests to serve."
+)
 @click.option(
     "--dir",
     "demo_dir",

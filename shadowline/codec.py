@@ -135,7 +135,8 @@ def sniff(value: bytes, content_type: str | None) -> str:
     if value.lstrip()[:1] == b"{":
         return JSON
     raise ValueDecodeError(
-        "no content-type header and the value is neither Avro single-object (C3 01) nor a JSON object"
+        "no content-type header and the value is neither Avro single-object (C3 01) "
+        "nor a JSON object"
     )
 
 
@@ -153,7 +154,9 @@ def decode_avro(kind: str, value: bytes) -> dict[str, Any]:
     try:
         record = fastavro.schemaless_reader(buf, writer.parsed, None)
     except Exception as exc:  # fastavro raises many types on corrupt bodies
-        raise ValueDecodeError(f"corrupt Avro body for {writer.name}: {type(exc).__name__}") from exc
+        raise ValueDecodeError(
+            f"corrupt Avro body for {writer.name}: {type(exc).__name__}"
+        ) from exc
     if buf.tell() != len(value):
         raise ValueDecodeError(
             f"corrupt Avro body for {writer.name}: {len(value) - buf.tell()} trailing bytes"

@@ -57,7 +57,9 @@ def _train(models_dir: Path) -> tuple[Any, list[str], np.ndarray]:
     names = [n.replace(" ", "_") for n in data.feature_names]
     x, y = data.data, data.target
     production = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
-    forest = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=7, n_jobs=1).fit(x, y)
+    forest = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=7, n_jobs=1).fit(
+        x, y
+    )
     models_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump({"model": forest, "features": names}, models_dir / "forest.joblib")
     return production, names, x

@@ -205,7 +205,9 @@ class Request(_Envelope):
         if not natural:
             inputs = _json_field(inputs, "inputs")
         if not isinstance(inputs, dict):
-            raise ValueDecodeError(f"field 'inputs' must be a JSON object, got {type(inputs).__name__}")
+            raise ValueDecodeError(
+                f"field 'inputs' must be a JSON object, got {type(inputs).__name__}"
+            )
         _check_finite(inputs, "inputs")
         return cls(
             request_id=_req_str(rec, "request_id", MAX_ID_LEN),
@@ -413,7 +415,13 @@ class Comparison(_Envelope):
         if not natural:
             data["production_output"] = _json_field(data["production_output"], "production_output")
             data["candidate_output"] = _json_field(data["candidate_output"], "candidate_output")
-        for name in ("request_id", "experiment", "production_model", "candidate_model", "output_type"):
+        for name in (
+            "request_id",
+            "experiment",
+            "production_model",
+            "candidate_model",
+            "output_type",
+        ):
             data[name] = _req_str(rec, name, MAX_ID_LEN)
         data["status"] = _choice(rec, "status", STATUSES)
         data["event_time"] = _event_ms(rec)
@@ -421,7 +429,7 @@ class Comparison(_Envelope):
         data["metrics"] = data["metrics"] or {}
         if not isinstance(data["revision"], int):
             raise ValueDecodeError("field 'revision' must be an integer")
-        return cls(**data)
+        return cls(**data)  # type: ignore[arg-type]
 
     def _avro_record(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value; a shallow read is 10x cheaper.

@@ -67,6 +67,8 @@ def describe(exc: BaseException) -> str:
     """Render an exception as ``module.Class: message`` so it survives a process boundary."""
     cls = type(exc)
     module = cls.__module__
-    name = cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    )
     text = str(exc)
     return f"{name}: {text}" if text else name

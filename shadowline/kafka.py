@@ -57,7 +57,11 @@ def topic_specs(cfg: KafkaConfig) -> list[TopicSpec]:
         TopicSpec(
             "control",
             1,
-            {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"},
+            {
+                "cleanup.policy": "compact",
+                "min.cleanable.dirty.ratio": "0.1",
+                "segment.ms": "3600000",
+            },
         ),
         TopicSpec(
             "deadletter",
@@ -181,9 +185,7 @@ def create_topics(config: Config, timeout: float = 30.0) -> dict[str, str]:
 
 def header(msg: Message, name: str) -> str | None:
     """The first header called ``name`` (case-insensitive) as text, or None."""
-    headers = msg.headers()
-    if not headers:
-        return None
+    headers: list[tuple[str, Any]] = msg.headers() or []  # type: ignore[assignment]
     for key, value in headers:
         if key.lower() == name and value is not None:
             return value.decode("latin-1") if isinstance(value, bytes) else str(value)

@@ -90,7 +90,9 @@ class SklearnModel:
                 out.append(
                     {
                         "label": classes[best],
-                        "probabilities": {str(c): float(p) for c, p in zip(classes, row, strict=True)},
+                        "probabilities": {
+                            str(c): float(p) for c, p in zip(classes, row, strict=True)
+                        },
                     }
                 )
             return out
@@ -123,7 +125,9 @@ class MlflowModel:
     def predict_batch(self, inputs: Sequence[dict[str, Any]]) -> list[Any]:
         result = self._model.predict(self._pd.DataFrame(list(inputs)))
         if hasattr(result, "to_dict"):
-            result = result.to_dict(orient="records") if hasattr(result, "columns") else list(result)
+            result = (
+                result.to_dict(orient="records") if hasattr(result, "columns") else list(result)
+            )
         return _checked([_plain(v) for v in result], len(inputs), self.name)
 
 
@@ -145,7 +149,9 @@ def load_model(ref: str, base_dir: Path | None = None) -> Model:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ModelLoadError(f"model {ref!r}: {module_name} has no attribute {attr!r}") from None
+            raise ModelLoadError(
+                f"model {ref!r}: {module_name} has no attribute {attr!r}"
+            ) from None
     if isinstance(obj, type):
         try:
             obj = obj()

@@ -46,10 +46,21 @@ def _envelopes(obj: dict[str, Any]) -> list[Request | Prediction | Feedback]:
     if "kind" in obj:
         return [Feedback.from_message(key, raw, "application/json")]
     if "inputs" in obj and ("output" in obj or "error" in obj):
-        req = {k: obj.get(k) for k in ("request_id", "experiment", "unit_id", "event_time", "inputs", "arm")}
+        req = {
+            k: obj.get(k)
+            for k in ("request_id", "experiment", "unit_id", "event_time", "inputs", "arm")
+        }
         pred = {
             k: obj.get(k)
-            for k in ("request_id", "experiment", "model", "output", "latency_ms", "error", "event_time")
+            for k in (
+                "request_id",
+                "experiment",
+                "model",
+                "output",
+                "latency_ms",
+                "error",
+                "event_time",
+            )
         }
         pred["role"] = "production"
         return [

@@ -41,6 +41,7 @@ class TapCounters:
     dropped_client_full: int = 0  # the Kafka client's own buffer was full
     delivered: int = 0  # messages acknowledged by Kafka
     failed: int = 0  # messages Kafka did not take before their timeout
+    undelivered_at_close: int = 0  # messages still unacknowledged when close() gave up
     last_error: str | None = None
 
     def snapshot(self) -> dict[str, Any]:
@@ -275,11 +276,12 @@ class Mirror:
         return int(remaining) + len(self._queue)
 
     def close(self) -> None:
-        """Send what is buffered (up to ``tap.close_timeout_s``), then stop the background thread."""
+        """Send what is buffered (up to ``tap.close_timeout_s``), then stop the sender thread."""
         remaining = self.flush(self._config.tap.close_timeout_s)
         self._stop.set()
         self._thread.join(timeout=self._config.tap.close_timeout_s + 1)
         if remaining:
+            self.counters.undelivered_at_close += remaining
             log.warning("tap closed with %d messages not delivered", remaining)
 
     def __enter__(self) -> Mirror:

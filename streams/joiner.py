@@ -115,7 +115,9 @@ def build_app(config: Config) -> faust.App:
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
     )  # fmt: skip
     ticks = app.topic(ticks_name, key_serializer="raw", value_serializer="raw")
-    comparisons = app.topic(kafka.topic("comparisons"), key_serializer="raw", value_serializer="raw")
+    comparisons = app.topic(
+        kafka.topic("comparisons"), key_serializer="raw", value_serializer="raw"
+    )
     deadletter = app.topic(kafka.topic("deadletter"), key_serializer="raw", value_serializer="raw")
     pending = app.Table(
         "pending",
@@ -130,7 +132,7 @@ def build_app(config: Config) -> faust.App:
     due: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
     indexed: set[int] = set()
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         indexed.clear()
 
@@ -169,7 +171,9 @@ def build_app(config: Config) -> faust.App:
         for key, raw in list(pending.items()):
             state = pairing.Pending.loads(raw)
             if state.partition == partition:
-                heap.append((state.purge_at if state.closed and state.purge_at else state.deadline, key))
+                heap.append(
+                    (state.purge_at if state.closed and state.purge_at else state.deadline, key)
+                )
         heapq.heapify(heap)
         indexed.add(partition)
 
@@ -210,7 +214,9 @@ def build_app(config: Config) -> faust.App:
                     message.key, message.value, _content_type(message.headers)
                 )
             else:
-                env = Prediction.from_message(message.key, message.value, _content_type(message.headers))
+                env = Prediction.from_message(
+                    message.key, message.value, _content_type(message.headers)
+                )
         except DecodeError as exc:
             if owner:
                 await dead(message, f"{type(exc).__name__}: {exc.reason}")
@@ -224,8 +230,10 @@ def build_app(config: Config) -> faust.App:
             else:
                 stats.skipped += 1
             return
-        if isinstance(env, Prediction) and env.role == "candidate" and not any(
-            c.name == env.model for c in exp.candidates
+        if (
+            isinstance(env, Prediction)
+            and env.role == "candidate"
+            and not any(c.name == env.model for c in exp.candidates)
         ):
             await dead(message, f"candidate {env.model!r} is not configured for {exp.name!r}")
             return

@@ -114,9 +114,7 @@ def on_prediction(
         state.production = Side.of(pred)
         # Before the window closes only complete pairs are emitted; after it,
         # every one-sided row learns that production did arrive.
-        ready = [
-            c.name for c in exp.candidates if c.name in state.candidates or state.closed
-        ]
+        ready = [c.name for c in exp.candidates if c.name in state.candidates or state.closed]
     elif pred.role == "candidate":
         if pred.model in state.candidates:
             state.duplicates += 1

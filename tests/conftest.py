@@ -51,10 +51,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def config_factory(
-    kafka_bootstrap: str, tmp_path: Path
-) -> Callable[..., tuple[Config, Path]]:
-    """Build a config file for this test (own namespace, app id, warehouse, port); topics created."""
+def config_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., tuple[Config, Path]]:
+    """A config file for this test: own namespace, app id, warehouse and port; topics created."""
 
     def make(experiments: list[dict[str, Any]], **sections: Any) -> tuple[Config, Path]:
         ns = f"t{uuid.uuid4().hex[:10]}."

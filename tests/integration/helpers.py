@@ -31,7 +31,9 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
-def produce(config: Config, topic: str, messages: list[tuple[bytes | None, bytes, str | None]]) -> None:
+def produce(
+    config: Config, topic: str, messages: list[tuple[bytes | None, bytes, str | None]]
+) -> None:
     """Produce (key, value, content-type) messages to a logical topic and wait for acks."""
     producer = kafka.make_producer(config.kafka)
     for key, value, content_type in messages:
@@ -61,9 +63,15 @@ def start_pipeline(config: Config, path: Any, env: dict[str, str], log_dir: Any)
     hold their partitions and the warehouse answers."""
     pipeline = Pipeline(path, log_dir=log_dir, env=env)
     pipeline.start()
-    groups = [f"{config.kafka.namespace}workers", config.joiner.app_id, f"{config.kafka.namespace}sink"]
+    groups = [
+        f"{config.kafka.namespace}workers",
+        config.joiner.app_id,
+        f"{config.kafka.namespace}sink",
+    ]
     try:
-        wait_for(lambda: embedded_server_answers(config), 90, "the warehouse HTTP endpoint", pipeline)
+        wait_for(
+            lambda: embedded_server_answers(config), 90, "the warehouse HTTP endpoint", pipeline
+        )
         wait_for(lambda: kafka.groups_ready(config.kafka, groups), 90, f"groups {groups}", pipeline)
     except BaseException:
         pipeline.stop()

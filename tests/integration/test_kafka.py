@@ -33,7 +33,10 @@ def test_cli_status_topics_and_missing_java(config_factory, tmp_path):
     _, path = config_factory([])
     run = lambda *a, **kw: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "shadowline", *a, "-c", str(path)],
-        capture_output=True, text=True, check=False, **kw,
+        capture_output=True,
+        text=True,
+        check=False,
+        **kw,
     )
     status = run("kafka", "status")
     assert status.returncode == 0 and "kafka running at" in status.stdout

@@ -21,7 +21,12 @@ CANDIDATES = [
     {"name": "echo", "model": "tests.fixtures.models:EchoModel", "batch_size": 16},
     {"name": "flip", "model": "tests.fixtures.models:FlipModel", "batch_size": 16},
     {"name": "failing", "model": "tests.fixtures.models:FailingModel", "batch_size": 8},
-    {"name": "slow", "model": "tests.fixtures.models:SlowModel", "batch_size": 4, "timeout_ms": 300},
+    {
+        "name": "slow",
+        "model": "tests.fixtures.models:SlowModel",
+        "batch_size": 4,
+        "timeout_ms": 300,
+    },
 ]
 
 
@@ -45,8 +50,13 @@ def test_every_request_ends_as_exactly_one_row_per_candidate(config_factory, chi
         with Mirror(config) as mirror:
             for i in range(served):
                 rid = f"req-{i}"
-                inputs = {"n": i, "label": 1, "probabilities": PROBS,
-                          "fail": rid in fail_ids, "slow": rid in slow_ids}
+                inputs = {
+                    "n": i,
+                    "label": 1,
+                    "probabilities": PROBS,
+                    "fail": rid in fail_ids,
+                    "slow": rid in slow_ids,
+                }
                 assert mirror.record(
                     experiment="e2e", request_id=rid, inputs=inputs,
                     output={"label": 1, "probabilities": PROBS}, latency_ms=1.5, model="prod",
@@ -69,13 +79,22 @@ def test_every_request_ends_as_exactly_one_row_per_candidate(config_factory, chi
         ])  # fmt: skip
         produce(config, "predictions", [(b"req-2", bad_pred[:15], "avro/binary")])  # truncated
         # a replayed production prediction must not add rows
-        dup = Prediction("req-3", "e2e", "production", "prod", {"label": 1, "probabilities": PROBS},
-                         1.5, now_ms())
+        dup = Prediction(
+            "req-3",
+            "e2e",
+            "production",
+            "prod",
+            {"label": 1, "probabilities": PROBS},
+            1.5,
+            now_ms(),
+        )
         produce(config, "predictions", [(dup.key, dup.encode(), "avro/binary")])
 
         expected = (served + len(orphans)) * len(CANDIDATES)
         count_sql = "SELECT count() AS n FROM comparisons_final WHERE experiment = 'e2e'"
-        wait_for(lambda: rows(config, count_sql)[0]["n"] >= expected, 120, f"{expected} rows", pipeline)
+        wait_for(
+            lambda: rows(config, count_sql)[0]["n"] >= expected, 120, f"{expected} rows", pipeline
+        )
         time.sleep(3)  # anything extra (a duplicate) would land now
         by_status = {
             (r["candidate_model"], r["status"]): r["n"]
@@ -87,8 +106,8 @@ def test_every_request_ends_as_exactly_one_row_per_candidate(config_factory, chi
         }
         unique = rows(
             config,
-            "SELECT count() AS n, uniqExact(request_id, candidate_model) AS u FROM comparisons_final "
-            "WHERE experiment = 'e2e'",
+            "SELECT count() AS n, uniqExact(request_id, candidate_model) AS u "
+            "FROM comparisons_final WHERE experiment = 'e2e'",
         )[0]
         assert unique == {"n": expected, "u": expected}, by_status
         assert by_status[("echo", "matched")] == served
@@ -109,7 +128,10 @@ def test_every_request_ends_as_exactly_one_row_per_candidate(config_factory, chi
         }
         assert len(slow) == served + len(orphans)
         assert {r["status"] for r in slow.values()} <= {
-            "matched", "candidate_error", "late", "missing_production"
+            "matched",
+            "candidate_error",
+            "late",
+            "missing_production",
         }
         for rid in slow_ids:
             assert slow[rid]["candidate_failed"], slow[rid]
@@ -139,7 +161,9 @@ def test_every_request_ends_as_exactly_one_row_per_candidate(config_factory, chi
         messages = {r["candidate_model"]: r["e"] for r in errors}
         assert messages["failing"].startswith("RuntimeError: cannot score input")
 
-        letters = [DeadLetter.from_message(m.key(), m.value()) for m in read_topic(config, "deadletter", 4)]
+        letters = [
+            DeadLetter.from_message(m.key(), m.value()) for m in read_topic(config, "deadletter", 4)
+        ]
         reasons = sorted(f"{d.topic.rsplit('.', 1)[-1]}@{d.offset}: {d.reason}" for d in letters)
         assert len(letters) == 4, reasons
         assert any("neither Avro" in r for r in reasons)
@@ -174,15 +198,24 @@ def test_late_partner_corrects_the_missing_row(config_factory, child_env, tmp_pa
     pipeline = start_pipeline(config, path, child_env, tmp_path / "logs")
     try:
         out = {"label": 1, "probabilities": PROBS}
-        prods = [Prediction(f"l-{i}", "late", "production", "prod", out, 2.0, now_ms()) for i in range(5)]
+        prods = [
+            Prediction(f"l-{i}", "late", "production", "prod", out, 2.0, now_ms()) for i in range(5)
+        ]
         produce(config, "predictions", [(p.key, p.encode(), "avro/binary") for p in prods])
         sql = "SELECT request_id, status, revision FROM comparisons_final ORDER BY request_id"
-        first = wait_for(lambda: len(rows(config, sql)) == 5 and rows(config, sql), 60, "5 missing rows", pipeline)
+        first = wait_for(
+            lambda: len(rows(config, sql)) == 5 and rows(config, sql),
+            60,
+            "5 missing rows",
+            pipeline,
+        )
         assert {(r["status"], r["revision"]) for r in first} == {("missing_candidate", 0)}
         cands = [
             Prediction(f"l-{i}", "late", "candidate", "echo", out, 4.0, now_ms()) for i in range(5)
         ]
-        produce(config, "predictions", [(p.key, p.encode_json(), "application/json") for p in cands])
+        produce(
+            config, "predictions", [(p.key, p.encode_json(), "application/json") for p in cands]
+        )
         fixed = wait_for(
             lambda: {r["status"] for r in rows(config, sql)} == {"late"} and rows(config, sql),
             60, "late corrections", pipeline,
@@ -197,12 +230,27 @@ def test_late_partner_corrects_the_missing_row(config_factory, child_env, tmp_pa
 def test_replay_sends_valid_lines_and_names_bad_ones(config_factory, tmp_path):
     config, path = config_factory([experiment("replay", CANDIDATES[:1])])
     lines = [
-        {"experiment": "replay", "request_id": f"rp-{i}", "inputs": {"label": 1, "probabilities": PROBS},
-         "output": {"label": 1}, "latency_ms": 1.0, "model": "prod"}
+        {
+            "experiment": "replay",
+            "request_id": f"rp-{i}",
+            "inputs": {"label": 1, "probabilities": PROBS},
+            "output": {"label": 1},
+            "latency_ms": 1.0,
+            "model": "prod",
+        }
         for i in range(10)
     ]
-    lines.insert(4, {"experiment": "replay", "request_id": "rp-bad", "inputs": {}, "output": 1,
-                     "latency_ms": -3, "model": "prod"})
+    lines.insert(
+        4,
+        {
+            "experiment": "replay",
+            "request_id": "rp-bad",
+            "inputs": {},
+            "output": 1,
+            "latency_ms": -3,
+            "model": "prod",
+        },
+    )
     file = tmp_path / "traffic.jsonl"
     file.write_bytes(b"\n".join(orjson.dumps(x) for x in lines) + b"\n")
     proc = subprocess.run(

@@ -26,7 +26,9 @@ def owner(tmp_path_factory):
     wh.close()
 
 
-def row(rid: str, candidate: str = "c", status: str = "matched", revision: int = 1, **kw) -> Comparison:
+def row(
+    rid: str, candidate: str = "c", status: str = "matched", revision: int = 1, **kw
+) -> Comparison:
     t = now_ms()
     fields = dict(
         request_id=rid, experiment=kw.pop("experiment", "wh"), event_time=t,
@@ -41,17 +43,31 @@ def row(rid: str, candidate: str = "c", status: str = "matched", revision: int =
 
 def count(wh: Warehouse, experiment: str, final: bool = True) -> int:
     table = "comparisons_final" if final else "comparisons"
-    return wh.query(f"SELECT count() AS n FROM {table} WHERE experiment = {{e:String}}",
-                    {"e": experiment})[0]["n"]
+    return wh.query(
+        f"SELECT count() AS n FROM {table} WHERE experiment = {{e:String}}", {"e": experiment}
+    )[0]["n"]
 
 
 def test_columns_match_the_contract(owner):
     cols = {r["name"] for r in owner.query("DESCRIBE TABLE comparisons")}
     assert set(COMPARISON_COLUMNS) <= cols
-    for required in ("event_time", "experiment", "request_id", "production_model",
-                     "candidate_model", "status", "agree", "divergence", "production_latency_ms",
-                     "candidate_latency_ms", "latency_delta_ms", "production_error",
-                     "candidate_error", "production_output", "candidate_output"):
+    for required in (
+        "event_time",
+        "experiment",
+        "request_id",
+        "production_model",
+        "candidate_model",
+        "status",
+        "agree",
+        "divergence",
+        "production_latency_ms",
+        "candidate_latency_ms",
+        "latency_delta_ms",
+        "production_error",
+        "candidate_error",
+        "production_output",
+        "candidate_output",
+    ):
         assert required in cols
 
 
@@ -67,8 +83,18 @@ def test_replayed_batches_add_no_rows(owner):
 
 
 def test_a_late_correction_replaces_the_missing_row(owner):
-    owner.insert_comparisons([row("x", status="missing_candidate", revision=0, experiment="late",
-                                  candidate_output=None, agree=None)])
+    owner.insert_comparisons(
+        [
+            row(
+                "x",
+                status="missing_candidate",
+                revision=0,
+                experiment="late",
+                candidate_output=None,
+                agree=None,
+            )
+        ]
+    )
     owner.insert_comparisons([row("x", status="late", revision=3, experiment="late")])
     # a stray one-sided verdict after the joiner forgot the request must not win
     owner.insert_comparisons([row("x", status="missing_production", revision=0, experiment="late")])
@@ -82,7 +108,9 @@ def test_readers_go_over_http_and_cannot_write(owner):
     try:
         assert reader.owner is False
         assert count(reader, "http") == 3
-        summary = reader.query(named_query("candidate_summary", owner.database), {"experiment": "http"})
+        summary = reader.query(
+            named_query("candidate_summary", owner.database), {"experiment": "http"}
+        )
         assert summary[0]["pairs"] == 3 and summary[0]["agreement_rate"] == 1.0
         with pytest.raises(WarehouseError, match="read-only"):
             reader.query("INSERT INTO comparisons (request_id) VALUES ('evil')")

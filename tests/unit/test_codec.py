@@ -38,11 +38,23 @@ SAMPLES = [
     Prediction("r1", "exp", "production", "m", None, 0.0, T, error="builtins.ValueError: x"),
     Feedback("r1", "exp", "click", {"item": "a"}, T),
     Comparison(
-        request_id="r1", experiment="exp", event_time=T, production_model="p",
-        candidate_model="c", status="matched", revision=1, output_type="classification",
-        joined_at=T, agree=True, divergence=0.25, metrics={"jsd": 0.25},
-        production_output={"label": 1}, candidate_output={"label": 1},
-        production_latency_ms=1.0, candidate_latency_ms=3.0, latency_delta_ms=2.0,
+        request_id="r1",
+        experiment="exp",
+        event_time=T,
+        production_model="p",
+        candidate_model="c",
+        status="matched",
+        revision=1,
+        output_type="classification",
+        joined_at=T,
+        agree=True,
+        divergence=0.25,
+        metrics={"jsd": 0.25},
+        production_output={"label": 1},
+        candidate_output={"label": 1},
+        production_latency_ms=1.0,
+        candidate_latency_ms=3.0,
+        latency_delta_ms=2.0,
     ),
 ]
 
@@ -60,16 +72,29 @@ def test_control_and_dead_letter_round_trip():
     ctl = Control("exp", {"candidate": 0.05, "production": 0.95}, 3, T, verdict="pass")
     assert Control.from_message(b"exp", ctl.encode()) == ctl
     dl = DeadLetter.of(
-        topic="t", partition=1, offset=7, reason="bad", component="worker",
-        key=b"k", value=b"\x00\x01", headers=[("content-type", b"x")],
+        topic="t",
+        partition=1,
+        offset=7,
+        reason="bad",
+        component="worker",
+        key=b"k",
+        value=b"\x00\x01",
+        headers=[("content-type", b"x")],
     )
     back = DeadLetter.from_message(b"k", dl.encode())
     assert (back.topic, back.offset, back.reason, back.value) == ("t", 7, "bad", b"\x00\x01")
 
 
 def test_dead_letter_truncates_huge_values():
-    dl = DeadLetter.of(topic="t", partition=0, offset=0, reason="r", component="sink",
-                       key=None, value=b"x" * (DeadLetter.MAX_VALUE + 10))
+    dl = DeadLetter.of(
+        topic="t",
+        partition=0,
+        offset=0,
+        reason="r",
+        component="sink",
+        key=None,
+        value=b"x" * (DeadLetter.MAX_VALUE + 10),
+    )
     assert dl.value_truncated and len(dl.value) == DeadLetter.MAX_VALUE
 
 
@@ -146,8 +171,17 @@ def test_absurd_latency_is_rejected(latency):
 def test_prediction_needs_output_or_error_and_a_known_role():
     with pytest.raises(ValueDecodeError, match="needs an 'output' or an 'error'"):
         Prediction.from_message(b"r1", Prediction("r1", "e", "candidate", "m", None, 1, T).encode())
-    body = orjson.dumps({"request_id": "r1", "experiment": "e", "role": "judge", "model": "m",
-                         "output": 1, "latency_ms": 1, "event_time": T})
+    body = orjson.dumps(
+        {
+            "request_id": "r1",
+            "experiment": "e",
+            "role": "judge",
+            "model": "m",
+            "output": 1,
+            "latency_ms": 1,
+            "event_time": T,
+        }
+    )
     with pytest.raises(ValueDecodeError, match="field 'role' = 'judge' is not one of"):
         Prediction.from_message(b"r1", body, "application/json")
 

@@ -36,7 +36,9 @@ def test_error_names_file_key_value_and_expectation(tmp_path):
 def test_unknown_keys_missing_keys_and_bad_toml(tmp_path):
     with pytest.raises(ConfigError, match=r"warehouse.pth: unknown key"):
         parse_config({"warehouse": {"pth": "x"}}, "f.toml", env={})
-    with pytest.raises(ConfigError, match=r"experiments\[0\].production_model: required key is missing"):
+    with pytest.raises(
+        ConfigError, match=r"experiments\[0\].production_model: required key is missing"
+    ):
         parse_config({"experiments": [{"name": "e", "candidates": [EXP["candidates"][0]]}]}, env={})
     bad = tmp_path / "x.toml"
     bad.write_text("[kafka\n")
@@ -83,9 +85,32 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
     path.write_text('[kafka]\npartitions = "many"\n')
     proc = subprocess.run(
         [sys.executable, "-m", "shadowline", "query", "SELECT 1", "-c", str(path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{path}: invalid configuration" in proc.stderr
     assert "kafka.partitions = 'many'" in proc.stderr
+
+
+def test_the_docker_compose_config_is_valid_with_its_environment():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    compose = (root / "docker-compose.yml").read_text()
+    assert (
+        "SHADOWLINE_WAREHOUSE_URL: http://shadowline:shadowline@clickhouse:8123/shadowline"
+        in compose
+    )
+    import tomllib
+
+    data = tomllib.loads((root / "deploy/docker/shadowline.toml").read_text())
+    cfg = parse_config(
+        data,
+        env={"SHADOWLINE_WAREHOUSE_URL": "http://shadowline:shadowline@clickhouse:8123/shadowline"},
+    )
+    assert cfg.warehouse.backend == "clickhouse" and cfg.kafka.bootstrap_servers == "kafka:9092"
+    for service in ("kafka:", "clickhouse:", "sink:", "joiner:", "worker:", "topics:"):
+        assert f"\n  {service}" in compose

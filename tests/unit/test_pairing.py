@@ -74,7 +74,9 @@ def test_missing_production_and_missing_both():
     assert rows["a"].status == "missing_production" and rows["a"].candidate_output == OUT
     assert rows["b"].status == "missing_both"
     # production arrives late: both one-sided rows learn of it
-    late = {r.candidate_model: r for r in pairing.on_prediction(s, pred("production", "prod"), EXP, T)}
+    late = {
+        r.candidate_model: r for r in pairing.on_prediction(s, pred("production", "prod"), EXP, T)
+    }
     assert late["a"].status == "late" and late["a"].revision == 3
     assert late["b"].status == "missing_candidate" and late["b"].revision == 2
 

@@ -35,17 +35,34 @@ def test_tap_never_raises_or_blocks_when_kafka_is_unreachable():
             "kafka": {"bootstrap_servers": "127.0.0.1:1"},
             "tap": {"queue_size": 100, "close_timeout_s": 0.5},
             "experiments": [
-                {"name": "e", "production_model": "p", "candidates": [{"name": "c", "model": "m:f"}]}
+                {
+                    "name": "e",
+                    "production_model": "p",
+                    "candidates": [{"name": "c", "model": "m:f"}],
+                }
             ],
         },
         env={},
     )
     mirror = Mirror(config)
     # bad input and an unknown experiment are counted, not raised
-    assert mirror.record(experiment="nope", request_id="x", inputs={}, output=1,
-                         latency_ms=1, model="p") is False
-    assert mirror.record(experiment="e", request_id="y", inputs=None, output=1,  # type: ignore[arg-type]
-                         latency_ms=1, model="p") is False
+    assert (
+        mirror.record(
+            experiment="nope", request_id="x", inputs={}, output=1, latency_ms=1, model="p"
+        )
+        is False
+    )
+    assert (
+        mirror.record(
+            experiment="e",
+            request_id="y",
+            inputs=None,
+            output=1,  # type: ignore[arg-type]
+            latency_ms=1,
+            model="p",
+        )
+        is False
+    )
     calls = 5000
     worst = 0.0
     for i in range(calls):
