@@ -36,7 +36,11 @@ def _config(bootstrap: str, queue: int) -> Any:
             "kafka": {"bootstrap_servers": bootstrap, "namespace": f"bench{uuid.uuid4().hex[:6]}."},
             "tap": {"queue_size": queue, "close_timeout_s": 2.0},
             "experiments": [
-                {"name": "b", "production_model": "p", "candidates": [{"name": "c", "model": "m:f"}]}
+                {
+                    "name": "b",
+                    "production_model": "p",
+                    "candidates": [{"name": "c", "model": "m:f"}],
+                }
             ],
         },
         env={},

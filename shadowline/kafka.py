@@ -120,6 +120,9 @@ def make_consumer(cfg: KafkaConfig, group_id: str, **overrides: Any) -> Consumer
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
+            # A crashed member's partitions move after 10 s instead of librdkafka's 45 s.
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 3_000,
             "fetch.max.bytes": 8 * 1_048_576,
         }
     )
@@ -208,3 +211,13 @@ def groups_ready(cfg: KafkaConfig, group_ids: list[str], timeout: float = 5.0) -
     except (KafkaException, TimeoutError):
         return False
     return True
+
+
+def group_members(cfg: KafkaConfig, group_id: str, timeout: float = 5.0) -> set[str]:
+    """Member IDs of a consumer group (empty if it cannot be described)."""
+    client = admin(cfg, quiet=True)
+    try:
+        desc = client.describe_consumer_groups([group_id])[group_id].result(timeout=timeout)
+    except (KafkaException, TimeoutError):
+        return set()
+    return {m.member_id for m in desc.members}

@@ -99,6 +99,9 @@ def build_app(config: Config) -> faust.App:
         web_enabled=False,
         processing_guarantee="at_least_once",
         broker_commit_interval=1.0,
+        # A crashed member is noticed after 10 s, not Faust's default 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         stream_buffer_maxsize=8192,
         producer_linger_ms=5,
         producer_max_request_size=kafka.max_message_bytes + 1024,
