@@ -138,6 +138,7 @@ def build_app(config: Config) -> faust.App:
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         indexed.clear()
+        live.clear()
 
     async def emit(rows: list[Comparison]) -> None:
         for row in rows:
@@ -159,15 +160,30 @@ def build_app(config: Config) -> faust.App:
         )
         stats.dead_lettered += 1
 
+    # Decoded states by key, so an event does not re-parse what the table holds as
+    # bytes. The table (and its changelog) stays the source of truth after a restart.
+    live: dict[bytes, pairing.Pending] = {}
+
     def load(key: bytes) -> pairing.Pending | None:
-        raw = pending.get(key)
-        return pairing.Pending.loads(raw) if raw is not None else None
+        state = live.get(key)
+        if state is None:
+            raw = pending.get(key)
+            if raw is not None:
+                state = live[key] = pairing.Pending.loads(raw)
+        return state
 
     def store(key: bytes, state: pairing.Pending, exp: ExperimentConfig) -> None:
         if pairing.complete(state, exp) and state.purge_at is None:
+            # Nothing can change any more: keep only what recognises duplicates.
+            pairing.compact(state)
             state.purge_at = now_ms() + grace_ms
             heapq.heappush(due[state.partition], (state.purge_at, key))
+        live[key] = state
         pending[key] = state.dumps()
+
+    def forget(key: bytes) -> None:
+        live.pop(key, None)
+        pending.pop(key, None)
 
     def rebuild(partition: int) -> None:
         heap = due[partition] = []
@@ -192,16 +208,16 @@ def build_app(config: Config) -> faust.App:
                 continue
             exp = experiments.get(state.experiment)
             if exp is None:
-                pending.pop(key, None)
+                forget(key)
                 continue
             if not state.closed and state.deadline <= now and not pairing.complete(state, exp):
                 rows = pairing.on_deadline(state, exp, now, grace_ms)
                 stats.expired += 1
                 await emit(rows)
-                pending[key] = state.dumps()
+                store(key, state, exp)
                 heapq.heappush(heap, (state.purge_at or now, key))
             elif state.purge_at is not None and state.purge_at <= now:
-                pending.pop(key, None)
+                forget(key)
                 stats.purged += 1
             elif state.purge_at is not None:
                 heapq.heappush(heap, (state.purge_at, key))
@@ -255,7 +271,9 @@ def build_app(config: Config) -> faust.App:
             rows: list[Comparison] = []
         else:
             rows = pairing.on_prediction(state, env, exp, now)
-        stats.duplicates += state.duplicates - before
+        if state.duplicates != before:
+            stats.duplicates += 1
+            return  # a duplicate changes nothing worth a changelog write
         await emit(rows)
         store(key, state, exp)
 

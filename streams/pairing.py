@@ -147,6 +147,14 @@ def complete(state: Pending, exp: ExperimentConfig) -> bool:
     return all(state.emitted.get(c.name, 0) % 2 == 1 for c in exp.candidates)
 
 
+def compact(state: Pending) -> None:
+    """Drop outputs from a complete state; what is left still recognises duplicates."""
+    if state.production is not None:
+        state.production.output = None
+    for side in state.candidates.values():
+        side.output = None
+
+
 def _emit(state: Pending, exp: ExperimentConfig, name: str, now: int) -> Comparison:
     prod = state.production
     cand = state.candidates.get(name)

@@ -112,3 +112,17 @@ def test_state_survives_serialisation():
     pairing.on_prediction(s, pred("candidate", "a"), EXP, T)
     back = pairing.Pending.loads(s.dumps())
     assert back == s
+
+
+def test_a_compacted_complete_state_still_recognises_duplicates():
+    s = fresh()
+    pairing.on_prediction(s, pred("production", "prod"), EXP, T)
+    pairing.on_prediction(s, pred("candidate", "a"), EXP, T)
+    pairing.on_prediction(s, pred("candidate", "b"), EXP, T)
+    assert pairing.complete(s, EXP)
+    pairing.compact(s)
+    back = pairing.Pending.loads(s.dumps())
+    assert back.production is not None and back.production.output is None
+    assert pairing.on_prediction(back, pred("candidate", "a"), EXP, T) == []
+    assert pairing.on_prediction(back, pred("production", "prod"), EXP, T) == []
+    assert back.duplicates == 2
