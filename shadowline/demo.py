@@ -65,6 +65,25 @@ def _train(models_dir: Path) -> tuple[Any, list[str], np.ndarray]:
     return production, names, x
 
 
+_WARMUP = """
+# Served before the timed run so the figures measure the pipeline, not its start-up
+# (model loading, consumer group joins, the joiner replaying its changelog).
+[[experiments]]
+name = "warmup"
+output = "classification"
+production_model = "logreg"
+window_s = 5
+
+[[experiments.candidates]]
+name = "forest"
+model = "file:models/forest.joblib"
+
+[[experiments.candidates]]
+name = "rules"
+model = "shadowline.demo:rule_model"
+"""
+
+
 def _write_config(demo_dir: Path, experiment: str) -> Path:
     path = demo_dir / "shadowline.toml"
     path.write_text(
@@ -107,7 +126,7 @@ name = "rules"
 model = "shadowline.demo:rule_model"
 timeout_ms = 500
 batch_size = 64
-"""
+{_WARMUP}"""
     )
     return path
 
@@ -138,25 +157,33 @@ def run_demo(demo_dir: Path, n_requests: int = 5000, quiet: bool = False) -> dic
     try:
         _wait_for_warehouse(config, pipeline)
         _wait_for_groups(config, pipeline)
-        say(f"serving {n_requests} requests through the tap (experiment {experiment}) ...")
         rng = np.random.default_rng(42)
+
+        def serve(mirror: Mirror, exp: str, prefix: str, count: int) -> None:
+            for i in range(count):
+                row = x[rng.integers(len(x))] * rng.normal(1.0, 0.02, size=x.shape[1])
+                inputs = dict(zip(names, row.tolist(), strict=True))
+                t0 = time.perf_counter()
+                proba = production.predict_proba(row.reshape(1, -1))[0]
+                latency = (time.perf_counter() - t0) * 1000.0
+                output = {
+                    "label": int(proba.argmax()),
+                    "probabilities": {"0": float(proba[0]), "1": float(proba[1])},
+                }
+                mirror.record(
+                    experiment=exp, request_id=f"{prefix}-{i:07d}",
+                    inputs={**inputs, "patient_id": f"P{i % 977:05d}"}, output=output,
+                    latency_ms=latency, model="logreg", unit_id=f"user-{i % 500}",
+                )  # fmt: skip
+
+        say("warming up the pipeline ...")
+        with Mirror(config) as warmup:
+            serve(warmup, "warmup", f"warmup-{stamp}", 10)
+        _wait_for_pairs(config, pipeline, "warmup", 20, prefix=f"warmup-{stamp}")
+        say(f"serving {n_requests} requests through the tap (experiment {experiment}) ...")
         mirror = Mirror(config)
         started = time.monotonic()
-        for i in range(n_requests):
-            row = x[rng.integers(len(x))] * rng.normal(1.0, 0.02, size=x.shape[1])
-            inputs = dict(zip(names, row.tolist(), strict=True))
-            t0 = time.perf_counter()
-            proba = production.predict_proba(row.reshape(1, -1))[0]
-            latency = (time.perf_counter() - t0) * 1000.0
-            output = {
-                "label": int(proba.argmax()),
-                "probabilities": {"0": float(proba[0]), "1": float(proba[1])},
-            }
-            mirror.record(
-                experiment=experiment, request_id=f"{stamp}-{i:07d}",
-                inputs={**inputs, "patient_id": f"P{i % 977:05d}"}, output=output,
-                latency_ms=latency, model="logreg", unit_id=f"user-{i % 500}",
-            )  # fmt: skip
+        serve(mirror, experiment, stamp, n_requests)
         served_s = time.monotonic() - started
         mirror.close()
         expected = n_requests * len(config.experiments[0].candidates)
@@ -232,7 +259,12 @@ def _wait_for_groups(config: Any, pipeline: Pipeline, timeout: float = 60.0) -> 
 
 
 def _wait_for_pairs(
-    config: Any, pipeline: Pipeline, experiment: str, expected: int, timeout: float = 240.0
+    config: Any,
+    pipeline: Pipeline,
+    experiment: str,
+    expected: int,
+    timeout: float = 240.0,
+    prefix: str = "",
 ) -> int:
     deadline = time.monotonic() + timeout
     wh = Warehouse.open_reader(config)
@@ -241,8 +273,9 @@ def _wait_for_pairs(
         while time.monotonic() < deadline:
             pipeline.check()
             count = wh.query(
-                "SELECT count() AS n FROM comparisons_final WHERE experiment = {e:String}",
-                {"e": experiment},
+                "SELECT count() AS n FROM comparisons_final "
+                "WHERE experiment = {e:String} AND startsWith(request_id, {p:String})",
+                {"e": experiment, "p": prefix},
             )[0]["n"]
             if count >= expected:
                 return int(count)
