@@ -1,0 +1,37 @@
+"""The README's message examples must be true: its Avro bytes decode to its JSON."""
+
+import re
+from pathlib import Path
+
+import orjson
+
+from shadowline.envelopes import Control, Feedback, Prediction, Request
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+CLASSES = {"requests": Request, "predictions": Prediction, "feedback": Feedback, "control": Control}
+
+
+def _json_examples() -> dict[str, dict]:
+    block = README.split("```jsonc\n", 1)[1].split("```", 1)[0]
+    out = {}
+    for chunk in block.split("// ")[1:]:
+        head, body = chunk.split("\n", 1)
+        topic = head.split(",")[0].strip()
+        out[topic] = orjson.loads(body)
+    return out
+
+
+def _avro_examples() -> dict[str, bytes]:
+    block = README.split("<!-- avro-examples -->", 1)[1].split("<!-- /avro-examples -->", 1)[0]
+    return {m[1]: bytes.fromhex(m[2]) for m in re.finditer(r"\| (\w+) \| `([0-9a-f]+)` \|", block)}
+
+
+def test_every_json_example_is_valid_and_matches_its_avro_bytes():
+    json_examples, avro_examples = _json_examples(), _avro_examples()
+    assert set(json_examples) == set(avro_examples) == set(CLASSES)
+    for topic, cls in CLASSES.items():
+        obj = json_examples[topic]
+        key = (obj.get("request_id") or obj["experiment"]).encode()
+        from_json = cls.from_message(key, orjson.dumps(obj), "application/json")
+        from_avro = cls.from_message(key, avro_examples[topic], "avro/binary")
+        assert from_avro == from_json, topic
