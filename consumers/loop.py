@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
 from typing import Any
 
 from shadowline.errors import KafkaError
+
+log = logging.getLogger("shadowline.consumers")
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -27,3 +30,29 @@ def flush_all(producer: Any, stop: threading.Event, what: str) -> None:
         if stop.is_set():
             raise KafkaError(f"{what}: {remaining} messages unacknowledged at shutdown")
         time.sleep(0.1)
+
+
+def usable(msg: Any, partition_eof: int) -> bool:
+    """True for a data message; transient client errors are logged, fatal ones raise."""
+    err = msg.error()
+    if err is None:
+        return True
+    if err.code() == partition_eof:
+        return False
+    if err.fatal():
+        raise KafkaError(f"fatal Kafka error: {err}")
+    # Broker restarts, rebalances and timeouts: librdkafka recovers by itself.
+    log.warning("transient Kafka error: %s", err)
+    return False
+
+
+def commit(consumer: Any, **kwargs: Any) -> bool:
+    """Commit offsets; a failure (assignment lost, coordinator moving) means a replay."""
+    from shadowline.kafka import KafkaException
+
+    try:
+        consumer.commit(asynchronous=False, **kwargs)
+    except KafkaException as exc:
+        log.warning("commit failed, the messages will be replayed: %s", exc)
+        return False
+    return True

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumers.deadletter import DeadLetters
-from consumers.loop import flush_all, stop_on_signals
+from consumers.loop import commit, flush_all, stop_on_signals, usable
 from shadowline import kafka
 from shadowline.config import Config
 from shadowline.envelopes import Comparison
-from shadowline.errors import DecodeError, KafkaError, WarehouseError
+from shadowline.errors import DecodeError, WarehouseError
 from shadowline.warehouse import Warehouse
 
 log = logging.getLogger("shadowline.sink")
@@ -84,12 +84,9 @@ class Sink:
             self.stats.flushes += 1
         if self._offsets:
             offsets = [kafka.TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
-            try:
-                consumer.commit(offsets=offsets, asynchronous=False)
-            except kafka.KafkaException as exc:
-                # Revoked partitions: the rows are in; the new owner replays them
-                # and the ReplacingMergeTree collapses the duplicates.
-                log.warning("commit after flush failed: %s", exc)
+            # On failure the rows are in anyway; whoever owns the partitions next
+            # replays them and the ReplacingMergeTree collapses the duplicates.
+            commit(consumer, offsets=offsets)
         self._buffer = []
         self._offsets = {}
         self._oldest = None
@@ -112,11 +109,8 @@ class Sink:
             while not stop.is_set():
                 msgs = consumer.consume(num_messages=self.config.warehouse.batch_size, timeout=0.1)
                 for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == kafka.PARTITION_EOF:
-                            continue
-                        raise KafkaError(f"consume failed: {err}")
+                    if not usable(msg, kafka.PARTITION_EOF):
+                        continue
                     self.stats.consumed += 1
                     try:
                         row = Comparison.from_message(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from consumers.deadletter import DeadLetters
-from consumers.loop import flush_all, stop_on_signals
+from consumers.loop import commit, flush_all, stop_on_signals, usable
 from shadowline import kafka
 from shadowline.config import CandidateConfig, Config
 from shadowline.envelopes import Prediction, Request
@@ -136,7 +136,7 @@ class Worker:
                 flush_all(producer, stop, "worker")
                 if self._delivery_failed:
                     raise KafkaError(f"prediction not delivered: {self._delivery_failed}")
-                consumer.commit(asynchronous=False)
+                commit(consumer)
         finally:
             consumer.close()
             self._fanout.shutdown(wait=False, cancel_futures=True)
@@ -151,11 +151,8 @@ class Worker:
         by_exp: dict[str, list[Request]] = defaultdict(list)
         topic = self.config.kafka.topic("predictions")
         for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() == kafka.PARTITION_EOF:
-                    continue
-                raise KafkaError(f"consume failed: {err}")
+            if not usable(msg, kafka.PARTITION_EOF):
+                continue
             self.stats.consumed += 1
             try:
                 req = Request.from_message(

@@ -54,7 +54,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def config_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., tuple[Config, Path]]:
     """A config file for this test: own namespace, app id, warehouse and port; topics created."""
 
-    def make(experiments: list[dict[str, Any]], **sections: Any) -> tuple[Config, Path]:
+    def make(
+        experiments: list[dict[str, Any]],
+        _before_topics: Callable[[Config], Any] | None = None,
+        **sections: Any,
+    ) -> tuple[Config, Path]:
         ns = f"t{uuid.uuid4().hex[:10]}."
         data: dict[str, Any] = {
             "kafka": {"bootstrap_servers": kafka_bootstrap, "namespace": ns, "partitions": 3},
@@ -76,6 +80,8 @@ def config_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., tuple[
         path = tmp_path / "shadowline.toml"
         path.write_text(tomli_w.dumps(data))
         config = load_config(path)
+        if _before_topics is not None:
+            _before_topics(config)
         create_topics(config)
         return config, path
 
