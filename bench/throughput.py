@@ -1,0 +1,277 @@
+"""Benchmark: throughput of worker, joiner and sink each in isolation and of the whole
+pipeline, next to a bare confluent-kafka consumer reading the same messages, plus each
+component's peak memory. One run, one machine, side by side.
+
+    .venv/bin/python bench/throughput.py [--requests 20000] [--bootstrap 127.0.0.1:9092]
+
+Each stage runs as its own process (as in production). It is started first and waits
+on empty topics; then its input is produced in bulk and the clock runs from the first
+message produced to the last output counted, so start-up is not measured. Writes
+bench/results/throughput.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from shadowline import kafka
+from shadowline.config import Config, load_config
+from shadowline.envelopes import Prediction, Request, now_ms
+from shadowline.supervisor import Pipeline
+from shadowline.warehouse import Warehouse, embedded_server_answers
+
+OUT = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+PROBS = {"0": 0.3, "1": 0.7}
+CANDIDATES = 2
+
+
+def make_config(tmp: Path, bootstrap: str) -> tuple[Config, Path]:
+    ns = f"bench{uuid.uuid4().hex[:8]}."
+    data = {
+        "kafka": {"bootstrap_servers": bootstrap, "namespace": ns, "partitions": 3},
+        "warehouse": {"path": str(tmp / "wh"), "port": 18000 + os.getpid() % 1000},
+        "joiner": {"app_id": f"{ns}joiner", "data_dir": str(tmp / "joiner")},
+        "experiments": [
+            {
+                "name": "bench",
+                "production_model": "prod",
+                "window_s": 60,
+                "candidates": [
+                    {
+                        "name": f"echo{i}",
+                        "model": "tests.fixtures.models:EchoModel",
+                        "batch_size": 256,
+                    }
+                    for i in range(CANDIDATES)
+                ],
+            }
+        ],
+    }
+    path = tmp / "shadowline.toml"
+    path.write_text(tomli_w.dumps(data))
+    config = load_config(path)
+    kafka.create_topics(config)
+    return config, path
+
+
+def encoded_inputs(n: int) -> dict[str, list[tuple[bytes, bytes]]]:
+    t = now_ms()
+    out: dict[str, list[tuple[bytes, bytes]]] = {"requests": [], "production": [], "candidates": []}
+    for i in range(n):
+        rid = f"b-{i}"
+        out["requests"].append(
+            (
+                rid.encode(),
+                Request(rid, "bench", t, {"n": i, "label": 1, "probabilities": PROBS}).encode(),
+            )
+        )
+        out["production"].append(
+            (
+                rid.encode(),
+                Prediction(
+                    rid, "bench", "production", "prod", {"label": 1, "probabilities": PROBS}, 1.0, t
+                ).encode(),
+            )
+        )
+        for c in range(CANDIDATES):
+            out["candidates"].append(
+                (
+                    rid.encode(),
+                    Prediction(
+                        rid,
+                        "bench",
+                        "candidate",
+                        f"echo{c}",
+                        {"label": 1, "probabilities": PROBS},
+                        2.0,
+                        t,
+                    ).encode(),
+                )
+            )
+    return out
+
+
+def produce(config: Config, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = kafka.make_producer(config.kafka, **{"queue.buffering.max.messages": 2_000_000})
+    name = config.kafka.topic(topic)
+    headers = [("content-type", b"avro/binary")]
+    for key, value in messages:
+        producer.produce(name, key=key, value=value, headers=headers)
+    producer.flush(120)
+
+
+def topic_count(config: Config, topic: str) -> int:
+    consumer = kafka.make_consumer(config.kafka, f"bench-count-{uuid.uuid4().hex[:6]}")
+    name = config.kafka.topic(topic)
+    md = consumer.list_topics(name, timeout=10).topics[name]
+    total = 0
+    for p in md.partitions:
+        low, high = consumer.get_watermark_offsets(kafka.TopicPartition(name, p), timeout=10)
+        total += high - low
+    consumer.close()
+    return total
+
+
+def raw_consume_rate(config: Config, topics: list[str], expected: int) -> float:
+    consumer = kafka.make_consumer(config.kafka, f"bench-raw-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe([config.kafka.topic(t) for t in topics])
+    got = 0
+    start = None
+    while got < expected:
+        msgs = consumer.consume(num_messages=1000, timeout=1.0)
+        if msgs and start is None:
+            start = time.perf_counter()
+        got += sum(1 for m in msgs if m.error() is None)
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    consumer.close()
+    return got / elapsed
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_groups(config: Config, pipeline: Pipeline, groups: list[str]) -> None:
+    deadline = time.monotonic() + 120
+    while not kafka.groups_ready(config.kafka, groups):
+        pipeline.check()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"groups {groups} not ready")
+        time.sleep(0.2)
+
+
+def run_stage(
+    config: Config, path: Path, stage: str, feed: list[tuple[str, list]], done: Any, tmp: Path
+) -> dict[str, float]:
+    pipeline = Pipeline(
+        path, components=(stage,), log_dir=tmp / "logs", env={"PYTHONPATH": str(ROOT)}
+    )
+    pipeline.start()
+    try:
+        group = {
+            "worker": f"{config.kafka.namespace}workers",
+            "joiner": config.joiner.app_id,
+            "sink": f"{config.kafka.namespace}sink",
+        }[stage]
+        if stage == "sink":
+            while not embedded_server_answers(config):
+                pipeline.check()
+                time.sleep(0.2)
+        wait_groups(config, pipeline, [group])
+        start = time.perf_counter()
+        for topic, messages in feed:
+            produce(config, topic, messages)
+        while not done():
+            pipeline.check()
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - start
+        rss = peak_rss_mb(pipeline.procs[stage].pid)
+    finally:
+        pipeline.stop()
+    events = sum(len(m) for _, m in feed)
+    return {
+        "seconds": round(elapsed, 3),
+        "input_events_per_s": round(events / elapsed, 1),
+        "peak_rss_mb": round(rss, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    args = parser.parse_args()
+    n = args.requests
+    tmp = Path(tempfile.mkdtemp(prefix="shadowline-bench-"))
+    config, path = make_config(tmp, args.bootstrap)
+    data = encoded_inputs(n)
+    pairs = n * CANDIDATES
+
+    # worker: requests in, predictions out
+    worker = run_stage(
+        config,
+        path,
+        "worker",
+        [("requests", data["requests"])],
+        lambda: topic_count(config, "predictions") >= pairs,
+        tmp,
+    )
+    # joiner: requests + production + candidate predictions in (the worker's are there
+    # already), comparisons out
+    produce(config, "predictions", data["production"])
+    joiner_events = n + n + pairs
+    joiner = run_stage(
+        config, path, "joiner", [], lambda: topic_count(config, "comparisons") >= pairs, tmp
+    )
+    joiner["input_events_per_s"] = round(joiner_events / joiner["seconds"], 1)
+
+    # sink: comparisons in, rows out
+    def rows_in() -> bool:
+        wh = Warehouse.open_reader(config)
+        try:
+            return wh.query("SELECT count() AS n FROM comparisons")[0]["n"] >= pairs
+        finally:
+            wh.close()
+
+    sink = run_stage(config, path, "sink", [], rows_in, tmp)
+    sink["input_events_per_s"] = round(pairs / sink["seconds"], 1)
+
+    raw_requests = raw_consume_rate(config, ["requests"], n)
+    raw_joiner_input = raw_consume_rate(config, ["requests", "predictions"], joiner_events)
+    raw_comparisons = raw_consume_rate(config, ["comparisons"], pairs)
+    result = {
+        "requests": n,
+        "candidates": CANDIDATES,
+        "cpus": os.cpu_count(),
+        "raw_consume_per_s": {
+            "requests": round(raw_requests, 1),
+            "joiner_input": round(raw_joiner_input, 1),
+            "comparisons": round(raw_comparisons, 1),
+        },
+        "worker": worker | {"ratio_to_raw": round(worker["input_events_per_s"] / raw_requests, 3)},
+        "joiner": joiner
+        | {"ratio_to_raw": round(joiner["input_events_per_s"] / raw_joiner_input, 3)},
+        "sink": sink | {"ratio_to_raw": round(sink["input_events_per_s"] / raw_comparisons, 3)},
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "throughput.json").write_text(json.dumps(result, indent=2))
+    md = [
+        "| stage | input events | events/s | bare consumer, same messages, events/s "
+        "| ratio | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    stages = (
+        ("worker", "requests", n),
+        ("joiner", "joiner_input", joiner_events),
+        ("sink", "comparisons", pairs),
+    )
+    for stage, raw_key, events in stages:
+        s = result[stage]
+        raw = result["raw_consume_per_s"][raw_key]
+        md.append(
+            f"| {stage} | {events} | {s['input_events_per_s']} | {raw} | {s['ratio_to_raw']} "
+            f"| {s['peak_rss_mb']} |"
+        )
+    md.append(
+        f"\n{n} requests, {CANDIDATES} candidates (EchoModel, batch 256), 3 partitions, "
+        f"{os.cpu_count()} CPUs."
+    )
+    (OUT / "throughput.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
