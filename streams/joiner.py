@@ -12,9 +12,11 @@ is not implemented upstream, hence this shape.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,13 +152,17 @@ def build_app(config: Config) -> faust.App:
         indexed.clear()
         live.clear()
 
-    async def emit(rows: list[Comparison]) -> None:
+    async def emit(rows: list[Comparison]) -> list[Awaitable[Any]]:
+        """Publish rows; returns futures that resolve when Kafka acknowledged them."""
+        acks = []
         for row in rows:
-            await comparisons.send(
+            ack = await comparisons.send(
                 key=row.request_id.encode(), value=row.encode(), headers=AVRO_HEADERS, force=True
             )
+            acks.append(ack)
             stats.emitted += 1
             stats.by_status[row.status] += 1
+        return acks
 
     async def dead(message: Any, reason: str) -> None:
         letter = DeadLetter.of(
@@ -182,14 +188,46 @@ def build_app(config: Config) -> faust.App:
                 state = live[key] = pairing.Pending.loads(raw)
         return state
 
-    async def store(key: bytes, state: pairing.Pending, exp: ExperimentConfig) -> None:
+    # Keys whose emitted rows Kafka has not acknowledged yet, with those acks. Their
+    # state is persisted only once the rows are safe: a state that says "emitted"
+    # must never survive a crash that lost the rows (a replay would then skip them).
+    unacked: dict[bytes, list[Awaitable[Any]]] = {}
+
+    async def store(
+        key: bytes,
+        state: pairing.Pending,
+        exp: ExperimentConfig,
+        acks: list[Awaitable[Any]] | None = None,
+    ) -> None:
         if pairing.complete(state, exp) and state.purge_at is None:
             # Nothing can change any more: keep only what recognises duplicates.
             pairing.compact(state)
             state.purge_at = now_ms() + grace_ms
             heapq.heappush(due[state.partition], (state.purge_at, key))
         live[key] = state
-        await put(state.partition, key, state.dumps())
+        waiting = unacked.get(key)
+        if waiting is not None:
+            waiting.extend(acks or ())
+        elif acks:
+            unacked[key] = list(acks)
+            asyncio.ensure_future(persist_when_acked(key, state.partition))
+        else:
+            await put(state.partition, key, state.dumps())
+
+    async def persist_when_acked(key: bytes, partition: int) -> None:
+        waiting = unacked[key]
+        try:
+            while waiting:
+                batch = list(waiting)
+                waiting.clear()
+                await asyncio.gather(*batch)
+        except Exception as exc:  # not acknowledged: leave the state unwritten, replay heals
+            log.warning("comparison not acknowledged, state kept unpersisted: %s", exc)
+            return
+        finally:
+            del unacked[key]
+        state = live.get(key)
+        await put(partition, key, state.dumps() if state is not None else None)
 
     async def forget(key: bytes, partition: int) -> None:
         live.pop(key, None)
@@ -235,8 +273,7 @@ def build_app(config: Config) -> faust.App:
             if not state.closed and state.deadline <= now and not pairing.complete(state, exp):
                 rows = pairing.on_deadline(state, exp, now, grace_ms)
                 stats.expired += 1
-                await emit(rows)
-                await store(key, state, exp)
+                await store(key, state, exp, await emit(rows))
                 heapq.heappush(heap, (state.purge_at or now, key))
             elif state.purge_at is not None and state.purge_at <= now:
                 await forget(key, partition)
@@ -296,8 +333,7 @@ def build_app(config: Config) -> faust.App:
         if state.duplicates != before:
             stats.duplicates += 1
             return  # a duplicate changes nothing worth a changelog write
-        await emit(rows)
-        await store(key, state, exp)
+        await store(key, state, exp, await emit(rows))
 
     @app.agent(source, concurrency=1)
     async def join(stream: Any) -> None:

@@ -122,8 +122,9 @@ def test_kill_9_and_restart_loses_and_duplicates_nothing(
     pipeline = start_pipeline(config, path, child_env, tmp_path / "logs")
     try:
         with Mirror(config) as mirror, Traffic(mirror, rate=150) as traffic:
-            time.sleep(3)
-            restart(config, pipeline, victim, groups[victim])
+            for _ in range(2):  # twice: the second crash hits a process that recovered
+                time.sleep(3)
+                restart(config, pipeline, victim, groups[victim])
             time.sleep(3)
         assert traffic.errors == []
         assert mirror.counters.delivered == 2 * traffic.sent

@@ -114,3 +114,27 @@ def test_the_docker_compose_config_is_valid_with_its_environment():
     assert cfg.warehouse.backend == "clickhouse" and cfg.kafka.bootstrap_servers == "kafka:9092"
     for service in ("kafka:", "clickhouse:", "sink:", "joiner:", "worker:", "topics:"):
         assert f"\n  {service}" in compose
+
+
+def test_sasl_and_ssl_settings_reach_every_client():
+    from shadowline.kafka import client_settings
+
+    cfg = parse_config(
+        {
+            "kafka": {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_username": "svc",
+                "ssl_ca_location": "/etc/ca.pem",
+                "client": {"ssl.endpoint.identification.algorithm": "https"},
+            }
+        },
+        env={"SHADOWLINE_KAFKA_SASL_PASSWORD": "s3cret"},
+    )
+    settings = client_settings(cfg.kafka)
+    assert settings["security.protocol"] == "SASL_SSL"
+    assert settings["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert settings["sasl.username"] == "svc" and settings["sasl.password"] == "s3cret"
+    assert settings["ssl.ca.location"] == "/etc/ca.pem"
+    assert settings["ssl.endpoint.identification.algorithm"] == "https"
+    assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg.model_dump())

@@ -1,0 +1,155 @@
+"""Benchmark: end-to-end freshness at a steady offered load, and memory over the run.
+
+    .venv/bin/python bench/freshness.py [--rate 500] [--seconds 60] [--bootstrap 127.0.0.1:9092]
+
+Runs worker, joiner and sink as processes, mirrors `--rate` requests/s for `--seconds`
+from a serving thread, and reports p50/p99 of (time the row was inserted and so became
+queryable) - (time record() was called), computed by ClickHouse from `inserted_at -
+event_time`. Every 5 s it samples each component's resident memory, so a long run
+(`--seconds 600`) is the soak test: compare the first and last samples. Writes
+bench/results/freshness.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import tomli_w
+
+from shadowline import kafka
+from shadowline.config import load_config
+from shadowline.supervisor import Pipeline
+from shadowline.tap import Mirror
+from shadowline.warehouse import Warehouse, embedded_server_answers
+
+OUT = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+PROBS = {"0": 0.3, "1": 0.7}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="shadowline-fresh-"))
+    ns = f"fresh{uuid.uuid4().hex[:8]}."
+    path = tmp / "shadowline.toml"
+    path.write_text(
+        tomli_w.dumps(
+            {
+                "kafka": {"bootstrap_servers": args.bootstrap, "namespace": ns, "partitions": 3},
+                "warehouse": {"path": str(tmp / "wh"), "port": 18500 + os.getpid() % 400,
+                              "flush_interval_s": 0.2},
+                "joiner": {"app_id": f"{ns}joiner", "data_dir": str(tmp / "j"),
+                           "tick_interval_s": 0.5, "late_grace_s": 30},
+                "experiments": [{
+                    "name": "fresh", "production_model": "prod", "window_s": 30,
+                    "candidates": [{"name": "echo", "model": "tests.fixtures.models:EchoModel",
+                                    "batch_size": 64}],
+                }],
+            }
+        )
+    )  # fmt: skip
+    config = load_config(path)
+    kafka.create_topics(config)
+    pipeline = Pipeline(path, log_dir=tmp / "logs", env={"PYTHONPATH": str(ROOT)})
+    pipeline.start()
+    samples: list[dict[str, float]] = []
+    try:
+        groups = [f"{ns}workers", f"{ns}joiner", f"{ns}sink"]
+        while not (embedded_server_answers(config) and kafka.groups_ready(config.kafka, groups)):
+            pipeline.check()
+            time.sleep(0.2)
+        mirror = Mirror(config)
+        stop = threading.Event()
+        sent = 0
+        lag_s = 0.0
+
+        def serve() -> None:
+            nonlocal sent, lag_s
+            interval = 1.0 / args.rate
+            next_at = time.monotonic()
+            end = next_at + args.seconds
+            while next_at < end and not stop.is_set():
+                mirror.record(
+                    experiment="fresh", request_id=f"r-{sent}", model="prod", latency_ms=1.0,
+                    inputs={"label": 1, "probabilities": PROBS},
+                    output={"label": 1, "probabilities": PROBS},
+                )  # fmt: skip
+                sent += 1
+                next_at += interval
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                else:
+                    lag_s = max(lag_s, -delay)  # the serving loop itself fell behind
+
+        thread = threading.Thread(target=serve)
+        started = time.monotonic()
+        thread.start()
+        while thread.is_alive():
+            pipeline.check()
+            samples.append(
+                {"t": round(time.monotonic() - started, 1)}
+                | {name: round(rss_mb(p.pid), 1) for name, p in pipeline.procs.items()}
+            )
+            thread.join(timeout=5)
+        mirror.close()
+        wh = Warehouse.open_reader(config)
+        deadline = time.monotonic() + 300
+        while wh.query("SELECT count() AS n FROM comparisons_final")[0]["n"] < sent:
+            pipeline.check()
+            if time.monotonic() > deadline:
+                raise SystemExit("rows did not all arrive within 300 s after the load stopped")
+            time.sleep(0.5)
+        fresh = wh.query(
+            "SELECT quantile(0.5)(d) AS p50, quantile(0.99)(d) AS p99, max(d) AS max "
+            "FROM (SELECT dateDiff('millisecond', event_time, inserted_at) AS d "
+            "FROM comparisons_final)"
+        )[0]
+        wh.close()
+    finally:
+        pipeline.stop()
+    result = {
+        "offered_rate_per_s": args.rate,
+        "seconds": args.seconds,
+        "requests": sent,
+        "serving_loop_max_lag_s": round(lag_s, 3),
+        "freshness_ms": {k: round(float(v), 1) for k, v in fresh.items()},
+        "rss_mb_samples": samples,
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "freshness.json").write_text(json.dumps(result, indent=2))
+    first, last = samples[0], samples[-1]
+    md = [
+        "| offered load | requests | freshness p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|",
+        f"| {args.rate:g}/s for {args.seconds:g} s | {sent} | {result['freshness_ms']['p50']} "
+        f"| {result['freshness_ms']['p99']} | {result['freshness_ms']['max']} |",
+        "",
+        "| component | RSS MB at start | RSS MB at end |",
+        "|---|---|---|",
+    ]
+    md += [f"| {name} | {first[name]} | {last[name]} |" for name in pipeline.procs]
+    (OUT / "freshness.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
