@@ -18,7 +18,7 @@ from consumers.loop import commit, flush_all, stop_on_signals, usable
 from shadowline import kafka
 from shadowline.config import Config
 from shadowline.envelopes import Comparison
-from shadowline.errors import DecodeError, WarehouseError
+from shadowline.errors import Backpressure, DecodeError, WarehouseError
 from shadowline.warehouse import Warehouse
 
 log = logging.getLogger("shadowline.sink")
@@ -75,11 +75,14 @@ class Sink:
                     self.stats.inserted += self.warehouse.insert_comparisons(self._buffer)
                     break
                 except WarehouseError as exc:
+                    # Keep the batch and its uncommitted offsets; nothing is lost, and
+                    # nothing new is consumed until the warehouse takes this batch.
                     self.stats.insert_failures += 1
-                    log.warning("insert failed (retrying in %.1fs): %s", delay, exc)
+                    wait = exc.retry_after if isinstance(exc, Backpressure) else delay
+                    log.warning("insert failed (retrying in %.1fs): %s", wait, exc)
                     if stop.is_set():
                         raise
-                    time.sleep(delay)
+                    time.sleep(wait)
                     delay = min(delay * 2, 5.0)
             self.stats.flushes += 1
         if self._offsets:

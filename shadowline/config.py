@@ -97,6 +97,8 @@ class WarehouseConfig(_Frozen):
     database: str = "shadowline"
     # clickhouse: verify the server's TLS certificate against this CA bundle
     ca_cert: str | None = None
+    # embedded: the HTTP endpoint is read-only unless this is true (operators, fault tests)
+    http_writable: bool = False
     flush_interval_s: float = Field(1.0, gt=0, le=60)
     batch_size: int = Field(5000, ge=1)
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from shadowline.config import Config
 from shadowline.envelopes import Comparison
-from shadowline.errors import WarehouseError
+from shadowline.errors import Backpressure, WarehouseError
 
 DDL_DIR = Path(__file__).resolve().parent.parent / "deploy" / "clickhouse"
 QUERY_DIR = DDL_DIR / "queries"
@@ -141,7 +141,11 @@ class Warehouse:
                     f"{self.database}.comparisons", data, column_names=list(COMPARISON_COLUMNS)
                 )
         except Exception as exc:
-            raise WarehouseError(f"insert into comparisons failed: {_short(exc)}") from exc
+            message = _short(exc)
+            if "TOO_MANY_PARTS" in message or "Code: 252" in message:
+                # ClickHouse pushing back while merges catch up: wait, do not give up.
+                raise Backpressure(f"warehouse busy: {message}", retry_after=1.0) from exc
+            raise WarehouseError(f"insert into comparisons failed: {message}") from exc
         return len(data)
 
     def close(self) -> None:
@@ -207,7 +211,8 @@ def _handler(warehouse: Warehouse) -> type[BaseHTTPRequestHandler]:
             if not sql.strip():
                 self._answer(200, b"Ok.\n", {"Content-Type": "text/plain"})
                 return
-            if not _READ_STATEMENT.match(_COMMENTS.sub(" ", sql)):
+            writable = warehouse.config.warehouse.http_writable
+            if not writable and not _READ_STATEMENT.match(_COMMENTS.sub(" ", sql)):
                 self._fail(403, 164, "the embedded warehouse is read-only over HTTP (readonly)")
                 return
             fmt = "TabSeparated"

@@ -15,6 +15,7 @@ from shadowline.config import Config
 from shadowline.kafka import group_members, groups_ready
 from shadowline.supervisor import Pipeline
 from shadowline.tap import Mirror
+from shadowline.warehouse import Warehouse
 from tests.conftest import free_port
 from tests.integration.helpers import rows, start_pipeline, wait_for
 
@@ -164,3 +165,38 @@ def test_broker_stop_and_restart_mid_stream(config_factory, child_env, tmp_path)
     finally:
         pipeline.stop()
         broker.down(config)
+
+
+def test_warehouse_refusing_inserts_then_recovering(config_factory, child_env, tmp_path):
+    # A real ClickHouse refusal: merges stopped and a parts limit of 1 make every insert
+    # fail with TOO_MANY_PARTS until an operator lifts them, as when a server falls behind.
+    config, path = config_factory([EXPERIMENT], warehouse={"http_writable": True})
+    pipeline = start_pipeline(config, path, child_env, tmp_path / "logs")
+    admin = Warehouse.open_reader(config)
+    try:
+        with Mirror(config) as mirror, Traffic(mirror, rate=150) as traffic:
+            time.sleep(3)
+            before = rows(config, "SELECT count() AS n FROM comparisons")[0]["n"]
+            admin.command("SYSTEM STOP MERGES comparisons")
+            admin.command(
+                "ALTER TABLE comparisons MODIFY SETTING parts_to_throw_insert = 1, "
+                "parts_to_delay_insert = 1"
+            )
+            time.sleep(6)
+            during = rows(config, "SELECT count() AS n FROM comparisons")[0]["n"]
+            admin.command(
+                "ALTER TABLE comparisons MODIFY SETTING parts_to_throw_insert = 3000, "
+                "parts_to_delay_insert = 1000"
+            )
+            admin.command("SYSTEM START MERGES comparisons")
+            time.sleep(3)
+        assert traffic.errors == []
+        # inserts were refused for a while (at most one batch slipped in before the limit)
+        assert during - before < 400, (before, during)
+        got = assert_exactly_once(config, pipeline, traffic.sent)
+        log = (tmp_path / "logs" / "sink.log").read_text()
+        assert "warehouse busy" in log and "TOO_MANY_PARTS" in log
+        print(f"warehouse outage: {traffic.sent} requests, {got['n']} rows, all once")
+    finally:
+        admin.close()
+        pipeline.stop()
