@@ -36,6 +36,7 @@ CANDIDATES = 2
 
 
 def make_config(tmp: Path, bootstrap: str) -> tuple[Config, Path]:
+    tmp.mkdir(parents=True, exist_ok=True)
     ns = f"bench{uuid.uuid4().hex[:8]}."
     data = {
         "kafka": {"bootstrap_servers": bootstrap, "namespace": ns, "partitions": 3},
@@ -154,23 +155,28 @@ def wait_groups(config: Config, pipeline: Pipeline, groups: list[str]) -> None:
 
 
 def run_stage(
-    config: Config, path: Path, stage: str, feed: list[tuple[str, list]], done: Any, tmp: Path
-) -> dict[str, float]:
+    config: Config,
+    path: Path,
+    components: tuple[str, ...],
+    feed: list[tuple[str, list]],
+    done: Any,
+    tmp: Path,
+) -> dict[str, Any]:
     pipeline = Pipeline(
-        path, components=(stage,), log_dir=tmp / "logs", env={"PYTHONPATH": str(ROOT)}
+        path, components=components, log_dir=tmp / "logs", env={"PYTHONPATH": str(ROOT)}
     )
     pipeline.start()
     try:
-        group = {
+        group_of = {
             "worker": f"{config.kafka.namespace}workers",
             "joiner": config.joiner.app_id,
             "sink": f"{config.kafka.namespace}sink",
-        }[stage]
-        if stage == "sink":
+        }
+        if "sink" in components:
             while not embedded_server_answers(config):
                 pipeline.check()
                 time.sleep(0.2)
-        wait_groups(config, pipeline, [group])
+        wait_groups(config, pipeline, [group_of[c] for c in components])
         start = time.perf_counter()
         for topic, messages in feed:
             produce(config, topic, messages)
@@ -178,15 +184,26 @@ def run_stage(
             pipeline.check()
             time.sleep(0.05)
         elapsed = time.perf_counter() - start
-        rss = peak_rss_mb(pipeline.procs[stage].pid)
+        rss = {c: round(peak_rss_mb(pipeline.procs[c].pid), 1) for c in components}
     finally:
         pipeline.stop()
     events = sum(len(m) for _, m in feed)
     return {
         "seconds": round(elapsed, 3),
         "input_events_per_s": round(events / elapsed, 1),
-        "peak_rss_mb": round(rss, 1),
+        "peak_rss_mb": rss[components[0]] if len(components) == 1 else rss,
     }
+
+
+def warehouse_has(config: Config, pairs: int) -> Any:
+    def check() -> bool:
+        wh = Warehouse.open_reader(config)
+        try:
+            return wh.query("SELECT count() AS n FROM comparisons")[0]["n"] >= pairs
+        finally:
+            wh.close()
+
+    return check
 
 
 def main() -> None:
@@ -204,7 +221,7 @@ def main() -> None:
     worker = run_stage(
         config,
         path,
-        "worker",
+        ("worker",),
         [("requests", data["requests"])],
         lambda: topic_count(config, "predictions") >= pairs,
         tmp,
@@ -214,20 +231,26 @@ def main() -> None:
     produce(config, "predictions", data["production"])
     joiner_events = n + n + pairs
     joiner = run_stage(
-        config, path, "joiner", [], lambda: topic_count(config, "comparisons") >= pairs, tmp
+        config, path, ("joiner",), [], lambda: topic_count(config, "comparisons") >= pairs, tmp
     )
     joiner["input_events_per_s"] = round(joiner_events / joiner["seconds"], 1)
 
     # sink: comparisons in, rows out
-    def rows_in() -> bool:
-        wh = Warehouse.open_reader(config)
-        try:
-            return wh.query("SELECT count() AS n FROM comparisons")[0]["n"] >= pairs
-        finally:
-            wh.close()
-
-    sink = run_stage(config, path, "sink", [], rows_in, tmp)
+    sink = run_stage(config, path, ("sink",), [], warehouse_has(config, pairs), tmp)
     sink["input_events_per_s"] = round(pairs / sink["seconds"], 1)
+
+    # the whole pipeline on fresh topics: requests + production predictions in, rows out
+    p_config, p_path = make_config(tmp / "pipeline", args.bootstrap)
+    whole = run_stage(
+        p_config,
+        p_path,
+        ("sink", "joiner", "worker"),
+        [("requests", data["requests"]), ("predictions", data["production"])],
+        warehouse_has(p_config, pairs),
+        tmp / "pipeline",
+    )
+    whole["requests_per_s"] = round(n / whole["seconds"], 1)
+    raw_pipeline_input = raw_consume_rate(p_config, ["requests", "predictions"], 2 * n)
 
     raw_requests = raw_consume_rate(config, ["requests"], n)
     raw_joiner_input = raw_consume_rate(config, ["requests", "predictions"], joiner_events)
@@ -240,11 +263,14 @@ def main() -> None:
             "requests": round(raw_requests, 1),
             "joiner_input": round(raw_joiner_input, 1),
             "comparisons": round(raw_comparisons, 1),
+            "pipeline_input": round(raw_pipeline_input, 1),
         },
         "worker": worker | {"ratio_to_raw": round(worker["input_events_per_s"] / raw_requests, 3)},
         "joiner": joiner
         | {"ratio_to_raw": round(joiner["input_events_per_s"] / raw_joiner_input, 3)},
         "sink": sink | {"ratio_to_raw": round(sink["input_events_per_s"] / raw_comparisons, 3)},
+        "pipeline": whole
+        | {"ratio_to_raw": round(whole["input_events_per_s"] / raw_pipeline_input, 3)},
     }
     OUT.mkdir(exist_ok=True)
     (OUT / "throughput.json").write_text(json.dumps(result, indent=2))
@@ -257,6 +283,7 @@ def main() -> None:
         ("worker", "requests", n),
         ("joiner", "joiner_input", joiner_events),
         ("sink", "comparisons", pairs),
+        ("pipeline", "pipeline_input", 2 * n),
     )
     for stage, raw_key, events in stages:
         s = result[stage]
