@@ -118,7 +118,6 @@ class Mirror:
         self._producer_settings = producer_settings or {}
         self.counters = TapCounters()
         self._stop = threading.Event()
-        self._idle = threading.Event()
         self._producer: Any = None
         self._thread = threading.Thread(target=self._run, name="shadowline-tap", daemon=True)
         self._thread.start()
@@ -245,16 +244,13 @@ class Mirror:
         queue = self._queue
         while not self._stop.is_set():
             if not queue:
-                self._idle.set()
                 self._producer.poll(0.005)
                 continue
-            self._idle.clear()
             for _ in range(min(len(queue), _BATCH)):
                 self._send(queue.popleft())
             self._producer.poll(0)
         while queue:
             self._send(queue.popleft())
-        self._idle.set()
 
     def _drain_as_dropped(self) -> None:
         while not self._stop.is_set():

@@ -281,6 +281,12 @@ def build_app(config: Config) -> faust.App:
             elif state.purge_at is not None:
                 heapq.heappush(heap, (state.purge_at, key))
 
+    async def reject(message: Any, reason: str, owner: bool) -> None:
+        if owner:
+            await dead(message, reason)
+        else:
+            stats.skipped += 1
+
     async def on_event(message: Any) -> None:
         topic = message.topic
         # The workers own `requests` and dead-letter what they cannot use there;
@@ -296,17 +302,11 @@ def build_app(config: Config) -> faust.App:
                     message.key, message.value, _content_type(message.headers)
                 )
         except DecodeError as exc:
-            if owner:
-                await dead(message, f"{type(exc).__name__}: {exc.reason}")
-            else:
-                stats.skipped += 1
+            await reject(message, f"{type(exc).__name__}: {exc.reason}", owner)
             return
         exp = experiments.get(env.experiment)
         if exp is None:
-            if owner:
-                await dead(message, f"experiment {env.experiment!r} is not configured")
-            else:
-                stats.skipped += 1
+            await reject(message, f"experiment {env.experiment!r} is not configured", owner)
             return
         if (
             isinstance(env, Prediction)
