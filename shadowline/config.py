@@ -120,6 +120,10 @@ class JoinerConfig(_Frozen):
     late_grace_s: float = Field(300.0, ge=0)
     # How often pending requests are checked against their window.
     tick_interval_s: float = Field(0.5, gt=0, le=60)
+    # Events handled per batch, and how long a batch waits to fill before it is handled
+    # anyway: every batch ends with one wait for Kafka to acknowledge its output.
+    batch_max: int = Field(2000, ge=1, le=100_000)
+    batch_wait_s: float = Field(0.05, gt=0, le=5)
     # Local state directory for Faust (tables are rebuilt from changelog topics).
     data_dir: str = ".shadowline/joiner"
 
