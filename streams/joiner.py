@@ -112,9 +112,7 @@ class Outbox:
             await loop.run_in_executor(None, self.producer.flush, 0.5)
         if self.failures:
             failed, self.failures = self.failures, []
-            raise KafkaError(
-                f"{len(failed)} records not delivered: " + "; ".join(failed[:3])
-            )
+            raise KafkaError(f"{len(failed)} records not delivered: " + "; ".join(failed[:3]))
 
 
 def _broker_url(config: Config) -> list[str]:
