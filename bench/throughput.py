@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -65,11 +67,11 @@ def make_config(tmp: Path, bootstrap: str) -> tuple[Config, Path]:
     return config, path
 
 
-def encoded_inputs(n: int) -> dict[str, list[tuple[bytes, bytes]]]:
+def encoded_inputs(n: int, prefix: str = "b") -> dict[str, list[tuple[bytes, bytes]]]:
     t = now_ms()
     out: dict[str, list[tuple[bytes, bytes]]] = {"requests": [], "production": [], "candidates": []}
     for i in range(n):
-        rid = f"b-{i}"
+        rid = f"{prefix}-{i}"
         out["requests"].append(
             (
                 rid.encode(),
@@ -105,7 +107,7 @@ def encoded_inputs(n: int) -> dict[str, list[tuple[bytes, bytes]]]:
 def produce(config: Config, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
     producer = kafka.make_producer(config.kafka, **{"queue.buffering.max.messages": 2_000_000})
     name = config.kafka.topic(topic)
-    headers = [("content-type", b"avro/binary")]
+    headers: list[tuple[str, str | bytes | None]] = [("content-type", b"avro/binary")]
     for key, value in messages:
         producer.produce(name, key=key, value=value, headers=headers)
     producer.flush(120)
@@ -129,13 +131,32 @@ def raw_consume_rate(config: Config, topics: list[str], expected: int) -> float:
     got = 0
     start = None
     while got < expected:
-        msgs = consumer.consume(num_messages=1000, timeout=1.0)
+        # Never ask for more than is left: consume() would wait out its timeout.
+        msgs = consumer.consume(num_messages=min(1000, expected - got), timeout=1.0)
         if msgs and start is None:
             start = time.perf_counter()
         got += sum(1 for m in msgs if m.error() is None)
     elapsed = time.perf_counter() - (start or time.perf_counter())
     consumer.close()
     return got / elapsed
+
+
+def faust_floor(path: Path, expected: int) -> dict[str, Any]:
+    """Faust reading the same messages and doing nothing (bench/faust_floor.py)."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "faust_floor.py"), str(path), str(expected)],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    for line in out.stdout.splitlines():
+        if '{"events"' in line:  # Faust may put terminal control codes first
+            return json.loads(line[line.index('{"events"') :])
+    raise SystemExit(f"faust_floor.py failed: {out.stderr[-2000:]}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -159,9 +180,13 @@ def run_stage(
     path: Path,
     components: tuple[str, ...],
     feed: list[tuple[str, list]],
-    done: Any,
+    count: Any,
+    target: int,
     tmp: Path,
+    warmup: tuple[list[tuple[str, list]], int] | None = None,
 ) -> dict[str, Any]:
+    """Run ``components``; once ``warmup`` (a feed and the output count it makes) is
+    through, produce ``feed`` and time until ``count()`` reaches ``target``."""
     pipeline = Pipeline(
         path, components=components, log_dir=tmp / "logs", env={"PYTHONPATH": str(ROOT)}
     )
@@ -177,13 +202,23 @@ def run_stage(
                 pipeline.check()
                 time.sleep(0.2)
         wait_groups(config, pipeline, [group_of[c] for c in components])
+        if warmup is not None:
+            # Ready in the group is not yet working (Faust recovers its tables first):
+            # a small warm-up batch keeps start-up out of the measured time.
+            for topic, messages in warmup[0]:
+                produce(config, topic, messages)
+            while count() < warmup[1]:
+                pipeline.check()
+                time.sleep(0.2)
         start = time.perf_counter()
+        cpu0 = {c: cpu_seconds(pipeline.procs[c].pid) for c in components}
         for topic, messages in feed:
             produce(config, topic, messages)
-        while not done():
+        while count() < target:
             pipeline.check()
-            time.sleep(0.05)
+            time.sleep(0.2)
         elapsed = time.perf_counter() - start
+        cpu = {c: cpu_seconds(pipeline.procs[c].pid) - cpu0[c] for c in components}
         rss = {c: round(peak_rss_mb(pipeline.procs[c].pid), 1) for c in components}
     finally:
         pipeline.stop()
@@ -192,18 +227,20 @@ def run_stage(
         "seconds": round(elapsed, 3),
         "input_events_per_s": round(events / elapsed, 1),
         "peak_rss_mb": rss[components[0]] if len(components) == 1 else rss,
+        # share of one core each process used while measured
+        "cpu_utilisation": {c: round(cpu[c] / elapsed, 2) for c in components},
     }
 
 
-def warehouse_has(config: Config, pairs: int) -> Any:
-    def check() -> bool:
+def warehouse_rows(config: Config) -> Any:
+    def count() -> int:
         wh = Warehouse.open_reader(config)
         try:
-            return wh.query("SELECT count() AS n FROM comparisons")[0]["n"] >= pairs
+            return int(wh.query("SELECT count() AS n FROM comparisons")[0]["n"])
         finally:
             wh.close()
 
-    return check
+    return count
 
 
 def main() -> None:
@@ -216,6 +253,28 @@ def main() -> None:
     config, path = make_config(tmp, args.bootstrap)
     data = encoded_inputs(n)
     pairs = n * CANDIDATES
+    w = max(200, n // 50)
+    warm = encoded_inputs(w, prefix="w")
+    w_pairs = w * CANDIDATES
+
+    def topic_counter(cfg: Config, topic: str) -> Any:
+        # One consumer for all the polls: building one per poll cost enough CPU to
+        # slow the stage being measured on a 2-core machine.
+        consumer = kafka.make_consumer(cfg.kafka, f"bench-count-{uuid.uuid4().hex[:6]}")
+        name = cfg.kafka.topic(topic)
+        parts = [
+            kafka.TopicPartition(name, p)
+            for p in consumer.list_topics(name, timeout=10).topics[name].partitions
+        ]
+
+        def count() -> int:
+            total = 0
+            for tp in parts:
+                low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+                total += high - low
+            return total
+
+        return count
 
     # worker: requests in, predictions out
     worker = run_stage(
@@ -223,21 +282,41 @@ def main() -> None:
         path,
         ("worker",),
         [("requests", data["requests"])],
-        lambda: topic_count(config, "predictions") >= pairs,
+        topic_counter(config, "predictions"),
+        w_pairs + pairs,
         tmp,
+        warmup=([("requests", warm["requests"])], w_pairs),
     )
-    # joiner: requests + production + candidate predictions in (the worker's are there
-    # already), comparisons out
-    produce(config, "predictions", data["production"])
+    # joiner, on its own topics: requests + production + candidate predictions in,
+    # comparisons out.
+    j_config, j_path = make_config(tmp / "joiner-stage", args.bootstrap)
     joiner_events = n + n + pairs
+
+    def joiner_feed(d: dict[str, list]) -> list[tuple[str, list]]:
+        return [
+            ("requests", d["requests"]),
+            ("predictions", d["production"]),
+            ("predictions", d["candidates"]),
+        ]
+
     joiner = run_stage(
-        config, path, ("joiner",), [], lambda: topic_count(config, "comparisons") >= pairs, tmp
+        j_config,
+        j_path,
+        ("joiner",),
+        joiner_feed(data),
+        topic_counter(j_config, "comparisons"),
+        w_pairs + pairs,
+        tmp / "joiner-stage",
+        warmup=(joiner_feed(warm), w_pairs),
     )
     joiner["input_events_per_s"] = round(joiner_events / joiner["seconds"], 1)
+    floor = faust_floor(j_path, joiner_events)
 
-    # sink: comparisons in, rows out
-    sink = run_stage(config, path, ("sink",), [], warehouse_has(config, pairs), tmp)
-    sink["input_events_per_s"] = round(pairs / sink["seconds"], 1)
+    # sink: the joiner's comparisons in (already there: start-up is inside its time)
+    sink = run_stage(
+        j_config, j_path, ("sink",), [], warehouse_rows(j_config), w_pairs + pairs, tmp
+    )
+    sink["input_events_per_s"] = round((w_pairs + pairs) / sink["seconds"], 1)
 
     # the whole pipeline on fresh topics: requests + production predictions in, rows out
     p_config, p_path = make_config(tmp / "pipeline", args.bootstrap)
@@ -246,15 +325,17 @@ def main() -> None:
         p_path,
         ("sink", "joiner", "worker"),
         [("requests", data["requests"]), ("predictions", data["production"])],
-        warehouse_has(p_config, pairs),
+        warehouse_rows(p_config),
+        w_pairs + pairs,
         tmp / "pipeline",
+        warmup=([("requests", warm["requests"]), ("predictions", warm["production"])], w_pairs),
     )
     whole["requests_per_s"] = round(n / whole["seconds"], 1)
     raw_pipeline_input = raw_consume_rate(p_config, ["requests", "predictions"], 2 * n)
 
     raw_requests = raw_consume_rate(config, ["requests"], n)
-    raw_joiner_input = raw_consume_rate(config, ["requests", "predictions"], joiner_events)
-    raw_comparisons = raw_consume_rate(config, ["comparisons"], pairs)
+    raw_joiner_input = raw_consume_rate(j_config, ["requests", "predictions"], joiner_events)
+    raw_comparisons = raw_consume_rate(j_config, ["comparisons"], w_pairs + pairs)
     result = {
         "requests": n,
         "candidates": CANDIDATES,
@@ -267,7 +348,11 @@ def main() -> None:
         },
         "worker": worker | {"ratio_to_raw": round(worker["input_events_per_s"] / raw_requests, 3)},
         "joiner": joiner
-        | {"ratio_to_raw": round(joiner["input_events_per_s"] / raw_joiner_input, 3)},
+        | {
+            "ratio_to_raw": round(joiner["input_events_per_s"] / raw_joiner_input, 3),
+            "faust_floor_events_per_s": floor["events_per_s"],
+            "ratio_to_faust_floor": round(joiner["input_events_per_s"] / floor["events_per_s"], 3),
+        },
         "sink": sink | {"ratio_to_raw": round(sink["input_events_per_s"] / raw_comparisons, 3)},
         "pipeline": whole
         | {"ratio_to_raw": round(whole["input_events_per_s"] / raw_pipeline_input, 3)},
@@ -282,7 +367,7 @@ def main() -> None:
     stages = (
         ("worker", "requests", n),
         ("joiner", "joiner_input", joiner_events),
-        ("sink", "comparisons", pairs),
+        ("sink", "comparisons", w_pairs + pairs),
         ("pipeline", "pipeline_input", 2 * n),
     )
     for stage, raw_key, events in stages:
@@ -292,6 +377,12 @@ def main() -> None:
             f"| {stage} | {events} | {s['input_events_per_s']} | {raw} | {s['ratio_to_raw']} "
             f"| {s['peak_rss_mb']} |"
         )
+    md.append(
+        f"| Faust agent doing nothing (`bench/faust_floor.py`) | {joiner_events} "
+        f"| {floor['events_per_s']} | {raw_joiner_input:.1f} "
+        f"| {floor['events_per_s'] / raw_joiner_input:.3f} | |"
+    )
+    md.append(f"\nJoiner / Faust floor: {result['joiner']['ratio_to_faust_floor']}.")
     md.append(
         f"\n{n} requests, {CANDIDATES} candidates (EchoModel, batch 256), 3 partitions, "
         f"{os.cpu_count()} CPUs."

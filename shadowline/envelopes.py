@@ -127,17 +127,31 @@ def _check_key(key: bytes | None, request_id: str) -> None:
         raise KeyDecodeError(f"key {shown!r} does not match request_id {request_id!r}")
 
 
+_SCALARS = (str, int, bool, type(None))
+
+
 def _check_finite(value: Any, name: str) -> None:
     # JSON has no NaN, but Python callers and orjson-from-numpy can produce one;
-    # reject it here rather than let it poison averages in the warehouse.
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueDecodeError(f"field {name!r} contains a non-finite number")
-    if isinstance(value, dict):
-        for v in value.values():
-            _check_finite(v, name)
-    elif isinstance(value, list):
-        for v in value:
-            _check_finite(v, name)
+    # reject it here rather than let it poison averages in the warehouse. A loop
+    # rather than recursion: this runs on every decoded input and output.
+    stack = [value]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        v = pop()
+        t = type(v)
+        if t in _SCALARS:
+            continue
+        if t is dict:
+            push(v.values())
+        elif t is list:
+            push(v)
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValueDecodeError(f"field {name!r} contains a non-finite number")
+        elif isinstance(v, dict):
+            push(v.values())
+        elif isinstance(v, list | tuple):
+            push(v)
 
 
 class _Envelope:

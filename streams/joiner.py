@@ -13,6 +13,7 @@ is not implemented upstream, hence this shape.
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import logging
 import os
@@ -269,6 +270,10 @@ def build_app(config: Config) -> faust.App:
                     raw = None
                 else:
                     raw = pending.data[key] = state.dumps()
+                    if state.purge_at is not None:
+                        # Settled until purged (late_grace_s): keep only its bytes;
+                        # a rare late duplicate re-reads them.
+                        live.pop(key, None)
                 outbox.send(changelog_name, key, raw, partition=partition)
 
     def dead(batch: Batch, message: Any, reason: str) -> None:
@@ -431,11 +436,21 @@ def build_app(config: Config) -> faust.App:
     return app
 
 
+def tune_gc() -> None:
+    """Collect cycles less often: the joiner allocates a few objects per event and
+    holds every pending state, so CPython's default thresholds ran full collections
+    over all of them many times a second (a quarter of the joiner's time)."""
+    gc.collect()
+    gc.freeze()  # start-up objects (modules, Faust's graph) are never scanned again
+    gc.set_threshold(100_000, 50, 1000)
+
+
 def run(config: Config, loglevel: str = "WARNING") -> None:
     """Run the joiner in the foreground until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
     app = build_app(config)
+    tune_gc()
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()

@@ -60,7 +60,9 @@ class Pending:
 
     def dumps(self) -> bytes:
         """Serialise for the changelog-backed table."""
-        return orjson.dumps(self, default=_side_dict)
+        # orjson's bytes keep a 4 KiB allocation whatever their length; the table
+        # holds one per pending request, so keep an exact-size copy (20x smaller).
+        return memoryview(orjson.dumps(self, default=_side_dict)).tobytes()
 
     @classmethod
     def loads(cls, raw: bytes) -> Pending:
