@@ -243,6 +243,59 @@ def _cell(value: Any) -> str:
     return "NULL" if value is None else str(value)
 
 
+# -- gate ---------------------------------------------------------------------
+
+
+@cli.group()
+def gate() -> None:
+    """Judge an experiment's candidates against its [experiments.gates] rules."""
+
+
+@gate.command("check")
+@config_option
+@click.argument("experiment")
+@click.option("--candidate", default=None, help="Judge only this candidate.")
+@click.option("--window", default=None, help="Only the last DURATION (30s, 5m, 2h, 1d).")
+@click.option("--since", default=None, help="Start of the range (ISO 8601 or epoch ms).")
+@click.option("--until", default=None, help="End of the range (ISO 8601 or epoch ms; now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as one JSON object.")
+def gate_check(
+    config_path: str,
+    experiment: str,
+    candidate: str | None,
+    window: str | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+) -> None:
+    """Exit 0 on pass, 1 on fail, 2 on inconclusive, 3 on error."""
+    from shadowline import gates
+
+    try:
+        report = gates.check(
+            _load(config_path),
+            experiment,
+            candidate=candidate,
+            window_s=gates.parse_duration(window) if window else None,
+            since=gates.parse_time(since) if since else None,
+            until=gates.parse_time(until) if until else None,
+        )
+    except ShadowlineError as exc:
+        if as_json:
+            import orjson
+
+            click.echo(orjson.dumps({"verdict": "error", "error": str(exc)}).decode())
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(gates.EXIT_ERROR)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(gates.format_report(report))
+    sys.exit(report.exit_code)
+
+
 # -- demo ---------------------------------------------------------------------
 
 
@@ -281,7 +334,9 @@ def main() -> None:
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        # A pipeline reads `gate check`'s exit code as the verdict: a usage error
+        # must not look like "fail" (1) or "inconclusive" (2).
+        sys.exit(3 if sys.argv[1:3] == ["gate", "check"] else exc.exit_code)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -159,6 +159,28 @@ class CandidateConfig(_Frozen):
         return value
 
 
+class GateConfig(_Frozen):
+    """Rules an experiment's candidates must meet (``[experiments.gates]``).
+
+    Rates are judged by sequential tests at ``alpha`` (see ``shadowline.stats``); a
+    rule set to nothing (omitted with no default) is not checked.
+    """
+
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    # Pass needs at least this many answered pairs; fail may come earlier.
+    min_samples: int = Field(500, ge=1)
+    # Default evaluation window; None judges everything since the experiment began.
+    window_s: float | None = Field(None, gt=0)
+    max_error_rate: float | None = Field(0.01, gt=0, lt=1)
+    max_error_rate_increase: float | None = Field(0.005, ge=0, lt=1)
+    max_p99_latency_ms: float | None = Field(100.0, gt=0)
+    max_p99_latency_increase_ms: float | None = Field(None, ge=0)
+    min_agreement: float | None = Field(None, gt=0, lt=1)
+    max_mean_divergence: float | None = Field(None, ge=0)
+    max_output_psi: float | None = Field(0.25, gt=0)
+    max_output_jsd: float | None = Field(None, gt=0, le=1)
+
+
 class ExperimentConfig(_Frozen):
     """One experiment: a production model and the candidates compared with it."""
 
@@ -172,6 +194,7 @@ class ExperimentConfig(_Frozen):
     # regression: outputs whose relative difference is at most this count as agreeing
     regression_tolerance: float = Field(0.01, ge=0)
     redact: RedactConfig = RedactConfig()
+    gates: GateConfig = GateConfig()
     candidates: tuple[CandidateConfig, ...]
 
     @model_validator(mode="after")

@@ -41,9 +41,7 @@ def _ever_fails_difference(
             if paired:
                 d, v = stats.paired_rate_difference(k, int(c_only[k - 1]), int(p_only[k - 1]))
             else:
-                d, v = stats.independent_rate_difference(
-                    int(c_all[k - 1]), k, int(p_all[k - 1]), k
-                )
+                d, v = stats.independent_rate_difference(int(c_all[k - 1]), k, int(p_all[k - 1]), k)
             if stats.difference_test(d, v, max_increase, ALPHA, k).outcome == "fail":
                 fails += 1
                 when.append(k)

@@ -1,0 +1,356 @@
+"""Gate verdicts: the experiment's rules judged on the warehouse's figures.
+
+Every figure comes from a named query in ``deploy/clickhouse/queries``
+(``gate_figures``, ``output_drift``), the same SQL the dashboards show; the
+sequential tests in ``shadowline.stats`` turn counts into ``pass``, ``fail`` or
+``inconclusive``. A verdict depends only on the experiment's rows whose event time
+lies in ``[since, until)``, so re-evaluating a past range gives the same answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shadowline import stats
+from shadowline.config import Config, ExperimentConfig, GateConfig
+from shadowline.errors import ShadowlineError
+from shadowline.warehouse import Warehouse, named_query
+
+EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 2}
+EXIT_ERROR = 3
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class GateError(ShadowlineError):
+    """A gate could not be evaluated (unknown experiment, bad window, no warehouse)."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``, ``"250ms"``."""
+    m = _DURATION.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise GateError(f"window {text!r} is not a positive duration such as 30s, 5m, 2h or 1d")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time (UTC when no offset is given) or epoch milliseconds."""
+    try:
+        if text.isdigit():
+            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        t = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise GateError(f"time {text!r} is neither ISO 8601 nor epoch milliseconds") from exc
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule: what was observed, the limit, and the outcome."""
+
+    rule: str
+    observed: float | None
+    threshold: float
+    outcome: stats.Outcome
+    # How the outcome was reached: the test and its evidence, or why it waits.
+    detail: str
+
+
+@dataclass
+class CandidateVerdict:
+    """One candidate's verdict with each rule and the figures behind them."""
+
+    candidate: str
+    verdict: stats.Outcome
+    rules: list[RuleResult]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GateReport:
+    """The verdict for an experiment (every candidate, or one) over a time range."""
+
+    experiment: str
+    since: datetime
+    until: datetime
+    verdict: stats.Outcome
+    candidates: list[CandidateVerdict]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (times as ISO 8601, NaN as null)."""
+        out = asdict(self)
+        out["since"] = self.since.isoformat()
+        out["until"] = self.until.isoformat()
+        return _json_safe(out)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _sequential(
+    name: str, result: stats.TestResult, observed: float | None, threshold: float
+) -> RuleResult:
+    if result.outcome == "fail":
+        detail = f"sequential test: evidence {result.evidence_fail:.3g} >= 1/alpha"
+    elif result.outcome == "pass":
+        detail = f"sequential test: evidence {result.evidence_pass:.3g} >= 1/alpha"
+    else:
+        detail = (
+            f"not enough evidence yet (n={result.n}; evidence for fail "
+            f"{result.evidence_fail:.3g}, for pass {result.evidence_pass:.3g})"
+        )
+    return RuleResult(name, observed, threshold, result.outcome, detail)
+
+
+def _point(
+    name: str, observed: float | None, threshold: float, worse_above: bool, n: int, min_n: int
+) -> RuleResult:
+    # Drift and mean divergence are not rates: no sequential test applies, so they
+    # are judged on their value once the minimum sample is in.
+    if observed is None:
+        return RuleResult(name, None, threshold, "inconclusive", "no data yet")
+    if n < min_n:
+        return RuleResult(
+            name, observed, threshold, "inconclusive", f"waiting for {min_n} pairs (have {n})"
+        )
+    bad = observed > threshold if worse_above else observed < threshold
+    return RuleResult(name, observed, threshold, "fail" if bad else "pass", "value vs limit")
+
+
+def judge(
+    gates: GateConfig, figures: dict[str, Any], drift: dict[str, Any] | None
+) -> list[RuleResult]:
+    """The rules of ``gates`` on one candidate's figures (pure: no warehouse)."""
+    a = gates.alpha
+    pairs = int(figures.get("pairs") or 0)
+    rules = [
+        RuleResult(
+            "min_samples", float(pairs), float(gates.min_samples),
+            "pass" if pairs >= gates.min_samples else "inconclusive",
+            "answered pairs in the window",
+        )
+    ]  # fmt: skip
+    if gates.max_error_rate is not None:
+        errors = int(figures.get("candidate_errors") or 0)
+        rules.append(
+            _sequential(
+                "max_error_rate",
+                stats.rate_test(errors, pairs, gates.max_error_rate, a) if pairs else _empty(),
+                errors / pairs if pairs else None,
+                gates.max_error_rate,
+            )
+        )
+    if gates.max_error_rate_increase is not None:
+        d, v = stats.paired_rate_difference(
+            pairs,
+            int(figures.get("candidate_only_errors") or 0),
+            int(figures.get("production_only_errors") or 0),
+        )
+        rules.append(
+            _sequential(
+                "max_error_rate_increase",
+                stats.difference_test(d, v, gates.max_error_rate_increase, a, pairs),
+                _num(d) if pairs else None,
+                gates.max_error_rate_increase,
+            )
+        )
+    n_lat = int(figures.get("candidate_latencies") or 0)
+    if gates.max_p99_latency_ms is not None:
+        # p99 <= limit  <=>  at most 1 % of requests are slower than the limit.
+        slow = int(figures.get("candidate_slow") or 0)
+        rules.append(
+            _sequential(
+                "max_p99_latency_ms",
+                stats.rate_test(slow, n_lat, 0.01, a) if n_lat else _empty(),
+                _num(figures.get("candidate_p99_ms")),
+                gates.max_p99_latency_ms,
+            )
+        )
+    if gates.max_p99_latency_increase_ms is not None:
+        slower = int(figures.get("candidate_slower_than_production_p99") or 0)
+        c99, p99 = _num(figures.get("candidate_p99_ms")), _num(figures.get("production_p99_ms"))
+        rules.append(
+            _sequential(
+                "max_p99_latency_increase_ms",
+                stats.rate_test(slower, n_lat, 0.01, a) if n_lat else _empty(),
+                c99 - p99 if c99 is not None and p99 is not None else None,
+                gates.max_p99_latency_increase_ms,
+            )
+        )
+    if gates.min_agreement is not None:
+        compared = int(figures.get("compared") or 0)
+        agreed = int(figures.get("agreed") or 0)
+        rules.append(
+            _sequential(
+                "min_agreement",
+                stats.rate_test(agreed, compared, gates.min_agreement, a, fail_when="below")
+                if compared
+                else _empty(),
+                agreed / compared if compared else None,
+                gates.min_agreement,
+            )
+        )
+    if gates.max_mean_divergence is not None:
+        rules.append(
+            _point(
+                "max_mean_divergence", _num(figures.get("mean_divergence")),
+                gates.max_mean_divergence, True, pairs, gates.min_samples,
+            )
+        )  # fmt: skip
+    for rule, key in (("max_output_psi", "psi"), ("max_output_jsd", "jsd")):
+        limit = getattr(gates, rule)
+        if limit is not None:
+            observed = _num(drift.get(key)) if drift else None
+            n = int(drift.get("outputs") or 0) if drift else 0
+            rules.append(_point(rule, observed, limit, True, n, gates.min_samples))
+    return rules
+
+
+def _empty() -> stats.TestResult:
+    return stats.TestResult("inconclusive", float("nan"), 1.0, 1.0, 0)
+
+
+def overall(rules: list[RuleResult]) -> stats.Outcome:
+    """Fail if any rule fails; pass if every rule passes; otherwise inconclusive."""
+    outcomes = {r.outcome for r in rules}
+    if "fail" in outcomes:
+        return "fail"
+    if outcomes == {"pass"}:
+        return "pass"
+    return "inconclusive"
+
+
+def time_range(
+    gates: GateConfig,
+    window_s: float | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[datetime, datetime]:
+    """The ``[since, until)`` a check covers: explicit bounds win, then the window
+    (``--window`` or ``gates.window_s``), else everything up to now."""
+    end = until or datetime.now(UTC)
+    if since is not None:
+        start = since
+    elif (window_s or gates.window_s) is not None:
+        start = end - timedelta(seconds=float(window_s or gates.window_s or 0))
+    else:
+        start = EPOCH
+    if start >= end:
+        raise GateError(
+            f"empty time range: since {start.isoformat()} is not before until {end.isoformat()}"
+        )
+    return start, end
+
+
+def evaluate(
+    warehouse: Warehouse,
+    experiment: ExperimentConfig,
+    candidate: str | None = None,
+    window_s: float | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> GateReport:
+    """Judge ``experiment`` (every candidate, or ``candidate``) over a time range."""
+    names = [c.name for c in experiment.candidates]
+    if candidate is not None and candidate not in names:
+        raise GateError(
+            f"candidate {candidate!r} is not configured for experiment {experiment.name!r} "
+            f"(configured: {', '.join(names)})"
+        )
+    gates = experiment.gates
+    start, end = time_range(gates, window_s, since, until)
+    params: dict[str, Any] = {
+        "experiment": experiment.name,
+        "candidate": candidate or "",
+        "since": start.replace(tzinfo=None),
+        "until": end.replace(tzinfo=None),
+    }
+    db = warehouse.database
+    figures = {
+        r["candidate_model"]: r
+        for r in warehouse.query(
+            named_query("gate_figures", db),
+            params
+            | {
+                "latency_limit_ms": float(gates.max_p99_latency_ms or 0.0),
+                "latency_increase_ms": float(gates.max_p99_latency_increase_ms or 0.0),
+            },
+        )
+    }
+    drift: dict[str, dict[str, Any]] = {}
+    if gates.max_output_psi is not None or gates.max_output_jsd is not None:
+        rows = warehouse.query(named_query("output_drift", db), params)
+        drift = {r["candidate_model"]: r for r in rows}
+    verdicts = []
+    for name in [candidate] if candidate else names:
+        fig = dict(figures.get(name) or {"candidate_model": name, "pairs": 0})
+        rules = judge(gates, fig, drift.get(name))
+        fig.update({k: drift[name][k] for k in ("psi", "jsd", "outputs")} if name in drift else {})
+        verdicts.append(CandidateVerdict(name, overall(rules), rules, fig))
+    verdict = overall([RuleResult("candidate", None, 0.0, v.verdict, "") for v in verdicts])
+    return GateReport(experiment.name, start, end, verdict, verdicts)
+
+
+def check(
+    config: Config,
+    experiment: str,
+    candidate: str | None = None,
+    window_s: float | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> GateReport:
+    """Open the configured warehouse and evaluate (``shadowline gate check``)."""
+    exp = next((e for e in config.experiments if e.name == experiment), None)
+    if exp is None:
+        known = ", ".join(e.name for e in config.experiments) or "none"
+        raise GateError(
+            f"experiment {experiment!r} is not in {config.source} (configured: {known})"
+        )
+    warehouse = Warehouse.open_reader(config)
+    try:
+        return evaluate(warehouse, exp, candidate, window_s, since, until)
+    finally:
+        warehouse.close()
+
+
+def format_report(report: GateReport) -> str:
+    """The human-readable verdict: one line per rule with observed, limit and outcome."""
+    lines = [
+        f"experiment {report.experiment}: {report.verdict.upper()}"
+        f"  ({report.since.isoformat()} .. {report.until.isoformat()})"
+    ]
+    for cand in report.candidates:
+        lines.append(f"  candidate {cand.candidate}: {cand.verdict.upper()}")
+        for r in cand.rules:
+            observed = "n/a" if r.observed is None else f"{r.observed:.6g}"
+            lines.append(
+                f"    {r.outcome:<12} {r.rule:<28} observed {observed:<12} "
+                f"limit {r.threshold:<10.6g} {r.detail}"
+            )
+    return "\n".join(lines)

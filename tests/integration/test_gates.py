@@ -1,0 +1,187 @@
+"""`shadowline gate check` on the real embedded ClickHouse (chDB): verdicts, exit codes,
+the JSON form, and re-evaluation of a past range."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from shadowline.config import load_config
+from shadowline.envelopes import Comparison, Prediction
+from shadowline.warehouse import Warehouse
+from streams import pairing
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_MS = 1_790_000_000_000  # 2026-09-21, a fixed past so ranges are reproducible
+PROBS = {"0": 0.2, "1": 0.8}
+
+
+def _rows(exp: Any, start: int, n: int, bad_from: int | None = None) -> list[Comparison]:
+    """Rows made by the joiner's own state machine. "good" answers like production in
+    5 ms; "bad" fails 1 in 20 requests and takes +150 ms on 1 in 10. With ``bad_from``,
+    "good" turns bad too from that index on."""
+    out = []
+    for i in range(start, start + n):
+        t = BASE_MS + i * 10
+        rid = f"r{i}"
+        state = pairing.new_state(rid, exp, t, 0, t)
+        out += pairing.on_prediction(
+            state,
+            Prediction(
+                rid, exp.name, "production", "prod", {"label": 1, "probabilities": PROBS}, 4.0, t
+            ),
+            exp,
+            t,
+        )
+        for name in ("good", "bad"):
+            broken = name == "bad" or (bad_from is not None and i >= bad_from)
+            failed = broken and i % 20 == 0
+            latency = 5.0 + (150.0 if broken and i % 10 == 5 else 0.0)
+            pred = Prediction(
+                rid, exp.name, "candidate", name,
+                None if failed else {"label": 1, "probabilities": PROBS},
+                latency, t, error="RuntimeError: boom" if failed else None,
+            )  # fmt: skip
+            out += pairing.on_prediction(state, pred, exp, t)
+    return out
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> tuple[Path, Any]:
+    data = {
+        "warehouse": {"path": str(tmp_path / "wh"), "port": 1},
+        "experiments": [
+            {
+                "name": "exp",
+                "production_model": "prod",
+                "candidates": [
+                    {"name": "good", "model": "tests.fixtures.models:EchoModel"},
+                    {"name": "bad", "model": "tests.fixtures.models:EchoModel"},
+                ],
+                "gates": {"min_samples": 500, "min_agreement": 0.9},
+            }
+        ],
+    }
+    path = tmp_path / "shadowline.toml"
+    path.write_text(tomli_w.dumps(data))
+    config = load_config(path)
+    wh = Warehouse.open_owner(config)
+    try:
+        wh.insert_comparisons(_rows(config.experiments[0], 0, 2000))
+    finally:
+        wh.close()
+    return path, config
+
+
+def _check(path: Path, *args: str) -> tuple[int, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "shadowline", "gate", "check", "-c", str(path), *args, "--json"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else proc.stderr
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+def _rules(report: dict, candidate: str) -> dict[str, dict]:
+    cand = next(c for c in report["candidates"] if c["candidate"] == candidate)
+    return {r["rule"]: r for r in cand["rules"]}
+
+
+def test_healthy_candidate_passes_with_exit_0(gated: tuple[Path, Any]) -> None:
+    code, report = _check(gated[0], "exp", "--candidate", "good")
+    assert code == 0, report
+    assert report["verdict"] == "pass"
+    rules = _rules(report, "good")
+    assert rules["min_samples"]["observed"] == 2000
+    assert rules["max_error_rate"]["observed"] == 0
+    assert rules["max_p99_latency_ms"]["observed"] == pytest.approx(5.0)
+    assert rules["min_agreement"]["observed"] == 1.0
+    assert all(r["outcome"] == "pass" for r in rules.values())
+
+
+def test_regressed_candidate_fails_with_exit_1_naming_the_rules(gated: tuple[Path, Any]) -> None:
+    code, report = _check(gated[0], "exp")
+    assert code == 1, report
+    assert report["verdict"] == "fail"
+    verdicts = {c["candidate"]: c["verdict"] for c in report["candidates"]}
+    assert verdicts == {"good": "pass", "bad": "fail"}
+    rules = _rules(report, "bad")
+    # 100 failures in 2,000 requests; 1 in 10 requests at 155 ms.
+    assert rules["max_error_rate"] | {"detail": ""} == {
+        "rule": "max_error_rate", "observed": 0.05, "threshold": 0.01,
+        "outcome": "fail", "detail": "",
+    }  # fmt: skip
+    assert rules["max_error_rate_increase"]["outcome"] == "fail"
+    assert rules["max_p99_latency_ms"]["outcome"] == "fail"
+    assert rules["max_p99_latency_ms"]["observed"] == pytest.approx(155.0)
+    assert rules["max_p99_latency_ms"]["threshold"] == 100.0
+
+
+def test_thin_data_is_inconclusive_with_exit_2(gated: tuple[Path, Any]) -> None:
+    # The first 100 requests only: too few to pass; "good" gives no evidence to fail.
+    code, report = _check(
+        gated[0], "exp", "--candidate", "good",
+        "--since", _iso(BASE_MS), "--until", _iso(BASE_MS + 100 * 10),
+    )  # fmt: skip
+    assert code == 2, report
+    rules = _rules(report, "good")
+    assert rules["min_samples"] == {
+        "rule": "min_samples", "observed": 100.0, "threshold": 500.0,
+        "outcome": "inconclusive", "detail": "answered pairs in the window",
+    }  # fmt: skip
+
+
+def test_a_past_range_re_evaluates_to_the_same_answer(gated: tuple[Path, Any]) -> None:
+    path, config = gated
+    window = ("--since", _iso(BASE_MS), "--until", _iso(BASE_MS + 2000 * 10))
+    code_before, before = _check(path, "exp", "--candidate", "good", *window)
+    # Later traffic in which "good" regresses must not change the past verdict.
+    wh = Warehouse.open_owner(config)
+    try:
+        wh.insert_comparisons(_rows(config.experiments[0], 2000, 2000, bad_from=2000))
+    finally:
+        wh.close()
+    code_after, after = _check(path, "exp", "--candidate", "good", *window)
+    assert (code_before, code_after) == (0, 0)
+    assert after == before
+    # ...while the whole history now sees the regression.
+    code_now, now = _check(path, "exp", "--candidate", "good")
+    assert code_now == 1
+    assert _rules(now, "good")["max_error_rate"]["outcome"] == "fail"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "experiment 'nope' is not in"),
+        (["exp", "--candidate", "ghost"], "candidate 'ghost' is not configured"),
+        (["exp", "--window", "5 parsecs"], "window '5 parsecs' is not a positive duration"),
+        (["exp", "--since", "yesterday"], "time 'yesterday' is neither ISO 8601"),
+    ],
+)
+def test_errors_exit_3_with_the_reason(
+    gated: tuple[Path, Any], args: list[str], message: str
+) -> None:
+    code, report = _check(gated[0], *args)
+    assert code == 3
+    assert report["verdict"] == "error"
+    assert message in report["error"]
+
+
+def test_usage_error_exits_3_not_a_verdict_code(gated: tuple[Path, Any]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "shadowline", "gate", "check", "-c", str(gated[0])],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 3
+    assert "Missing argument 'EXPERIMENT'" in proc.stderr
