@@ -212,6 +212,7 @@ class Request(_Envelope):
     inputs: dict[str, Any]
     unit_id: str | None = None
     arm: str | None = None
+    arm_weight: float | None = None
 
     @classmethod
     def _from_record(cls, rec: dict[str, Any], natural: bool) -> Request:
@@ -230,6 +231,7 @@ class Request(_Envelope):
             inputs=inputs,
             unit_id=_str(rec, "unit_id", max_len=MAX_ID_LEN, optional=True),
             arm=_str(rec, "arm", max_len=MAX_NAME_LEN, optional=True),
+            arm_weight=_share(rec, "arm_weight"),
         )
 
     def _avro_record(self) -> dict[str, Any]:
@@ -240,6 +242,7 @@ class Request(_Envelope):
             "event_time": self.event_time,
             "inputs": _dumps(self.inputs, "inputs"),
             "arm": self.arm,
+            "arm_weight": self.arm_weight,
         }
 
     def _json_record(self) -> dict[str, Any]:
@@ -353,6 +356,7 @@ class Control(_Envelope):
     event_time: int
     verdict: str | None = None
     reason: str | None = None
+    step: int | None = None
 
     @classmethod
     def _from_record(cls, rec: dict[str, Any], natural: bool) -> Control:
@@ -374,6 +378,7 @@ class Control(_Envelope):
             event_time=_event_ms(rec),
             verdict=_str(rec, "verdict", max_len=32, optional=True),
             reason=_str(rec, "reason", max_len=16_384, optional=True),
+            step=_step(rec),
         )
 
     @classmethod
@@ -392,8 +397,29 @@ class Control(_Envelope):
             "verdict": self.verdict,
             "reason": self.reason,
             "version": self.version,
+            "step": self.step,
             "event_time": self.event_time,
         }
+
+
+def _share(rec: dict[str, Any], name: str) -> float | None:
+    value = rec.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueDecodeError(f"field {name!r} must be a number or null")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueDecodeError(f"field {name!r} = {value} is not a share in [0, 1]")
+    return float(value)
+
+
+def _step(rec: dict[str, Any]) -> int | None:
+    value = rec.get("step")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueDecodeError("field 'step' must be a non-negative integer or null")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

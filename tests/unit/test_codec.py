@@ -192,3 +192,27 @@ def test_key_must_be_the_request_id():
         Request.from_message(None, raw)
     with pytest.raises(KeyDecodeError, match="does not match request_id"):
         Request.from_message(b"other", raw)
+
+
+def test_messages_written_with_an_earlier_schema_version_still_decode():
+    # A request as the tap wrote it before `arm_weight` existed: bytes made with the
+    # old schema file, independently of the current code's encoder.
+    import io
+    import json
+
+    import fastavro
+
+    old_raw = json.loads((codec.SCHEMA_DIR / "previous" / "request.1.avsc").read_text())
+    old = fastavro.parse_schema(codec._strip_logical_types(old_raw))
+    fp = codec.crc64_avro(fastavro.schema.to_parsing_canonical_form(old_raw).encode())
+    assert fp != codec.schema("request").fingerprint
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + fp.to_bytes(8, "little"))
+    fastavro.schemaless_writer(
+        buf,
+        old,
+        {"request_id": "r-1", "experiment": "e", "unit_id": None, "event_time": 1795700000000,
+         "inputs": '{"x": 1}', "arm": "b"},
+    )  # fmt: skip
+    req = Request.from_message(b"r-1", buf.getvalue(), "avro/binary")
+    assert (req.arm, req.arm_weight, req.inputs) == ("b", None, {"x": 1})
