@@ -1,4 +1,9 @@
-"""The sink: batch comparisons into ClickHouse, commit offsets only after a flush.
+"""The sink: batch rows into ClickHouse, commit offsets only after a flush.
+
+Tables fed: ``comparisons`` (from the joiner), ``rollout_events`` (every control
+decision), ``feedback``, and ``served`` (what A/B and canary arms served, from the
+``arm`` predictions; the predictions topic is read only when such an experiment is
+configured).
 
 In embedded mode this process owns the chDB directory and serves the ClickHouse
 HTTP interface on loopback, so gates, reports and ``shadowline query`` read
@@ -10,16 +15,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from consumers.deadletter import DeadLetters
 from consumers.loop import commit, flush_all, stop_on_signals, usable
 from shadowline import kafka
-from shadowline.config import Config
-from shadowline.envelopes import Comparison
+from shadowline.config import SERVED_MODES, Config
+from shadowline.envelopes import Comparison, Control, Feedback, Prediction
 from shadowline.errors import Backpressure, DecodeError, WarehouseError
-from shadowline.warehouse import Warehouse
+from shadowline.warehouse import (
+    FEEDBACK_COLUMNS,
+    ROLLOUT_COLUMNS,
+    SERVED_COLUMNS,
+    Warehouse,
+    feedback_row,
+    rollout_row,
+    served_row,
+)
+
+COLUMNS = {
+    "served": SERVED_COLUMNS,
+    "rollout_events": ROLLOUT_COLUMNS,
+    "feedback": FEEDBACK_COLUMNS,
+}
 
 log = logging.getLogger("shadowline.sink")
 
@@ -43,6 +63,10 @@ class Sink:
         self.group_id = group_id or f"{config.kafka.namespace}sink"
         self.stats = SinkStats()
         self._buffer: list[Comparison] = []
+        # Rows for the other tables, by table.
+        self._extra: dict[str, list[list[Any]]] = defaultdict(list)
+        self._production = {e.name: e.production_model for e in config.experiments}
+        self._served = {e.name for e in config.experiments if e.mode in SERVED_MODES}
         self._offsets: dict[tuple[str, int], int] = {}
         self._oldest: float | None = None
         self.warehouse: Warehouse | None = None
@@ -55,24 +79,39 @@ class Sink:
         self._buffer.append(row)
         self._remember(msg)
 
+    def add_row(self, table: str, row: list[Any], msg: Any) -> None:
+        """Buffer one row for ``table`` (served, rollout_events, feedback)."""
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        self._extra[table].append(row)
+        self._remember(msg)
+
+    def _pending(self) -> int:
+        return len(self._buffer) + sum(len(rows) for rows in self._extra.values())
+
     def _remember(self, msg: Any) -> None:
         self._offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
 
     def due(self) -> bool:
         """True when the buffer is full or its oldest row waited ``flush_interval_s``."""
         wh = self.config.warehouse
-        if len(self._buffer) >= wh.batch_size:
+        if self._pending() >= wh.batch_size:
             return True
         return self._oldest is not None and time.monotonic() - self._oldest >= wh.flush_interval_s
 
     def flush(self, consumer: Any, stop: threading.Event) -> None:
         """Insert the buffer (retrying with backoff), then commit its offsets."""
         assert self.warehouse is not None
-        if self._buffer:
+        if self._buffer or self._extra:
             delay = 0.2
             while True:
                 try:
                     self.stats.inserted += self.warehouse.insert_comparisons(self._buffer)
+                    self._buffer = []
+                    for table in list(self._extra):
+                        rows = self._extra[table]
+                        self.stats.inserted += self.warehouse.insert(table, COLUMNS[table], rows)
+                        del self._extra[table]
                     break
                 except WarehouseError as exc:
                     # Keep the batch and its uncommitted offsets; nothing is lost, and
@@ -91,8 +130,40 @@ class Sink:
             # replays them and the ReplacingMergeTree collapses the duplicates.
             commit(consumer, offsets=offsets)
         self._buffer = []
+        self._extra.clear()
         self._offsets = {}
         self._oldest = None
+
+    def _take(self, msg: Any, dlq: DeadLetters) -> None:
+        """Decode one message into the buffer of its table (or dead-letter it)."""
+        k = self.config.kafka
+        topic = msg.topic()
+        ctype = kafka.header(msg, "content-type")
+        try:
+            if topic == k.topic("comparisons"):
+                self.add(Comparison.from_message(msg.key(), msg.value(), ctype), msg)
+            elif topic == k.topic("control"):
+                control = Control.from_message(msg.key(), msg.value(), ctype)
+                production = self._production.get(control.experiment)
+                self.add_row("rollout_events", rollout_row(control, production), msg)
+            elif topic == k.topic("feedback"):
+                fb = Feedback.from_message(msg.key(), msg.value(), ctype)
+                self.add_row("feedback", feedback_row(fb), msg)
+            else:
+                self._take_prediction(msg, ctype)
+        except DecodeError as exc:
+            if topic == k.topic("predictions"):
+                self._remember(msg)  # the joiner dead-letters predictions
+            else:
+                dlq.send(msg, f"{type(exc).__name__}: {exc.reason}")
+                self._remember(msg)
+
+    def _take_prediction(self, msg: Any, ctype: str | None) -> None:
+        pred = Prediction.from_message(msg.key(), msg.value(), ctype)
+        if pred.role == "arm" and pred.experiment in self._served:
+            self.add_row("served", served_row(pred), msg)
+        else:
+            self._remember(msg)
 
     def run(self, stop: threading.Event | None = None) -> SinkStats:
         """Run until ``stop`` is set (or SIGINT/SIGTERM)."""
@@ -106,7 +177,10 @@ class Sink:
         consumer = kafka.make_consumer(k, self.group_id)
         producer = kafka.make_producer(k)
         dlq = DeadLetters(producer, k.topic("deadletter"), "sink")
-        consumer.subscribe([k.topic("comparisons")])
+        topics = [k.topic("comparisons"), k.topic("control"), k.topic("feedback")]
+        if self._served:
+            topics.append(k.topic("predictions"))
+        consumer.subscribe(topics)
         self.ready.set()
         try:
             while not stop.is_set():
@@ -115,16 +189,8 @@ class Sink:
                     if not usable(msg, kafka.PARTITION_EOF):
                         continue
                     self.stats.consumed += 1
-                    try:
-                        row = Comparison.from_message(
-                            msg.key(), msg.value(), kafka.header(msg, "content-type")
-                        )
-                    except DecodeError as exc:
-                        dlq.send(msg, f"{type(exc).__name__}: {exc.reason}")
-                        self._remember(msg)
-                        continue
-                    self.add(row, msg)
-                if self.due() or (self._offsets and not self._buffer):
+                    self._take(msg, dlq)
+                if self.due() or (self._offsets and not self._pending()):
                     flush_all(producer, stop, "sink dead letters")
                     self.flush(consumer, stop)
             flush_all(producer, stop, "sink dead letters")

@@ -26,7 +26,7 @@ from typing import Any
 from consumers.deadletter import DeadLetters
 from consumers.loop import commit, flush_all, stop_on_signals, usable
 from shadowline import kafka
-from shadowline.config import CandidateConfig, Config
+from shadowline.config import SERVED_MODES, CandidateConfig, Config
 from shadowline.envelopes import Prediction, Request
 from shadowline.errors import DecodeError, KafkaError, describe
 from shadowline.models import Model, load_model
@@ -46,6 +46,7 @@ class WorkerStats:
     timeouts: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    served_skipped: int = 0  # requests of A/B and canary experiments
 
 
 class CandidateRunner:
@@ -104,7 +105,12 @@ class Worker:
         self.stats = WorkerStats()
         base = Path(config.source).resolve().parent if not config.source.startswith("<") else None
         self.runners: dict[str, list[CandidateRunner]] = {}
+        # A/B and canary candidates serve real users through the router; their
+        # requests are judged from what was served, not scored again here.
+        self.served = {e.name for e in config.experiments if e.mode in SERVED_MODES}
         for exp in config.experiments:
+            if exp.name in self.served:
+                continue
             self.runners[exp.name] = [
                 CandidateRunner(c, load_model(c.model, base)) for c in exp.candidates
             ]
@@ -160,6 +166,9 @@ class Worker:
                 )
             except DecodeError as exc:
                 dlq.send(msg, f"{type(exc).__name__}: {exc.reason}")
+                continue
+            if req.experiment in self.served:
+                self.stats.served_skipped += 1
                 continue
             if req.experiment not in self.runners:
                 dlq.send(msg, f"experiment {req.experiment!r} is not configured")

@@ -1,7 +1,8 @@
 """shadowline: validate candidate models on mirrored production traffic."""
 
 from shadowline.errors import ShadowlineError
+from shadowline.router import Assignment, Router
 from shadowline.tap import Mirror
 
-__all__ = ["Mirror", "ShadowlineError"]
+__all__ = ["Assignment", "Mirror", "Router", "ShadowlineError"]
 __version__ = "0.1.0"

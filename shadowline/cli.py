@@ -296,6 +296,65 @@ def gate_check(
     sys.exit(report.exit_code)
 
 
+# -- canary -------------------------------------------------------------------
+
+
+@cli.group()
+def canary() -> None:
+    """Ramp a canary through its schedule, with automatic rollback."""
+
+
+@canary.command("run")
+@config_option
+@click.argument("experiment")
+def canary_run(config_path: str, experiment: str) -> None:
+    """Walk the schedule; exit 0 when complete, 1 when rolled back, 3 on error."""
+    import signal
+    import threading
+
+    from shadowline.canary import Controller
+
+    controller = Controller(_load(config_path), experiment)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    final = controller.run(stop)
+    click.echo(
+        f"{experiment}: {final.action} at step {final.step} "
+        f"(weight {final.weight:.4g}, verdict {final.verdict}): {final.reason}"
+    )
+    sys.exit({"complete": 0, "rollback": 1}.get(final.action, 2))
+
+
+@canary.command("status")
+@config_option
+@click.argument("experiment")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+def canary_status(config_path: str, experiment: str, as_json: bool) -> None:
+    """Show the latest decision and the recent rollout history."""
+    import orjson
+
+    from shadowline.canary import status
+
+    info = status(_load(config_path), experiment)
+    if as_json:
+        click.echo(orjson.dumps(info, default=str, option=orjson.OPT_INDENT_2).decode())
+        return
+    latest = info["latest"]
+    if latest is None:
+        click.echo(f"{experiment}: no rollout decision yet")
+        return
+    click.echo(
+        f"{experiment}: step {latest['step']}, weights {latest['weights']}, "
+        f"verdict {latest['verdict']} at {latest['time']}\n  {latest['reason']}"
+    )
+    for row in info["history"]:
+        click.echo(
+            f"  v{row['version']:<5} {row['event_time']}  step {row['step']}  "
+            f"weight {row['weight']:.4g}  {row['verdict']}  {row['reason']}"
+        )
+
+
 # -- demo ---------------------------------------------------------------------
 
 
@@ -327,6 +386,9 @@ def demo_cmd(as_json: bool, n_requests: int, demo_dir: str) -> None:
 
 def main() -> None:
     """Entry point: run the CLI, turning shadowline errors into one-line messages."""
+    # Pipelines read these commands' exit codes as verdicts (0 pass/complete, 1 fail/
+    # rolled back, 2 inconclusive): any error must exit 3 so it cannot pass for one.
+    verdicts = sys.argv[1:3] in (["gate", "check"], ["canary", "run"])
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -334,14 +396,12 @@ def main() -> None:
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
-        # A pipeline reads `gate check`'s exit code as the verdict: a usage error
-        # must not look like "fail" (1) or "inconclusive" (2).
-        sys.exit(3 if sys.argv[1:3] == ["gate", "check"] else exc.exit_code)
+        sys.exit(3 if verdicts else exc.exit_code)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(3 if verdicts else 2)
     except ShadowlineError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(3 if verdicts else 1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -29,6 +29,8 @@ from shadowline.errors import ConfigError
 DEFAULT_CONFIG = "shadowline.toml"
 
 Mode = Literal["shadow", "interleave", "ab", "canary"]
+# Modes where candidates serve real users (through the router) instead of being shadowed.
+SERVED_MODES = ("ab", "canary")
 OutputType = Literal["classification", "regression", "probabilities"]
 
 
@@ -181,6 +183,29 @@ class GateConfig(_Frozen):
     max_output_jsd: float | None = Field(None, gt=0, le=1)
 
 
+class CanaryConfig(_Frozen):
+    """The ramp ``shadowline canary run`` walks (``[experiments.canary]``)."""
+
+    # Candidate share of traffic at each step, ascending, the last one usually 1.0.
+    steps: tuple[float, ...] = (0.01, 0.05, 0.25, 0.5, 1.0)
+    # A step is promoted only after this long and this many candidate requests in it.
+    min_dwell_s: float = Field(300.0, ge=0)
+    min_samples: int = Field(500, ge=1)
+    # How often the gates are evaluated.
+    check_interval_s: float = Field(5.0, gt=0, le=3600)
+
+    @field_validator("steps")
+    @classmethod
+    def _ascending_shares(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
+        if not steps:
+            raise ValueError("at least one step is needed")
+        if any(not 0 < s <= 1 for s in steps):
+            raise ValueError(f"every step must be a share in (0, 1], got {list(steps)}")
+        if list(steps) != sorted(set(steps)):
+            raise ValueError(f"steps must strictly increase, got {list(steps)}")
+        return steps
+
+
 class ExperimentConfig(_Frozen):
     """One experiment: a production model and the candidates compared with it."""
 
@@ -195,6 +220,7 @@ class ExperimentConfig(_Frozen):
     regression_tolerance: float = Field(0.01, ge=0)
     redact: RedactConfig = RedactConfig()
     gates: GateConfig = GateConfig()
+    canary: CanaryConfig = CanaryConfig()
     candidates: tuple[CandidateConfig, ...]
 
     @model_validator(mode="after")
@@ -205,6 +231,10 @@ class ExperimentConfig(_Frozen):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"candidate names must be unique, repeated: {dupes}")
+        if self.mode == "canary" and len(self.candidates) != 1:
+            raise ValueError(f"mode 'canary' ramps exactly one candidate, got {len(names)}")
+        if self.production_model in names:
+            raise ValueError(f"candidate {self.production_model!r} has the production model's name")
         return self
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shadowline import stats
-from shadowline.config import Config, ExperimentConfig, GateConfig
+from shadowline.config import SERVED_MODES, Config, ExperimentConfig, GateConfig
 from shadowline.errors import ShadowlineError
 from shadowline.warehouse import Warehouse, named_query
 
@@ -144,9 +144,18 @@ def _point(
 
 
 def judge(
-    gates: GateConfig, figures: dict[str, Any], drift: dict[str, Any] | None
+    gates: GateConfig,
+    figures: dict[str, Any],
+    drift: dict[str, Any] | None,
+    production: dict[str, Any] | None = None,
 ) -> list[RuleResult]:
-    """The rules of ``gates`` on one candidate's figures (pure: no warehouse)."""
+    """The rules of ``gates`` on one candidate's figures (pure: no warehouse).
+
+    Shadow figures are paired (both models answered the same requests). With
+    ``production`` (A/B, canary: the production arm's own figures) the error-rate
+    increase compares two independent samples, and the rules that need pairs
+    (agreement, divergence, output drift) do not apply.
+    """
     a = gates.alpha
     pairs = int(figures.get("pairs") or 0)
     rules = [
@@ -167,11 +176,19 @@ def judge(
             )
         )
     if gates.max_error_rate_increase is not None:
-        d, v = stats.paired_rate_difference(
-            pairs,
-            int(figures.get("candidate_only_errors") or 0),
-            int(figures.get("production_only_errors") or 0),
-        )
+        if production is None:
+            d, v = stats.paired_rate_difference(
+                pairs,
+                int(figures.get("candidate_only_errors") or 0),
+                int(figures.get("production_only_errors") or 0),
+            )
+        else:
+            d, v = stats.independent_rate_difference(
+                int(figures.get("candidate_errors") or 0),
+                pairs,
+                int(production.get("errors") or 0),
+                int(production.get("requests") or 0),
+            )
         rules.append(
             _sequential(
                 "max_error_rate_increase",
@@ -203,6 +220,8 @@ def judge(
                 gates.max_p99_latency_increase_ms,
             )
         )
+    if production is not None:
+        return rules
     if gates.min_agreement is not None:
         compared = int(figures.get("compared") or 0)
         agreed = int(figures.get("agreed") or 0)
@@ -275,8 +294,14 @@ def evaluate(
     window_s: float | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    baseline_since: datetime | None = None,
 ) -> GateReport:
-    """Judge ``experiment`` (every candidate, or ``candidate``) over a time range."""
+    """Judge ``experiment`` (every candidate, or ``candidate``) over a time range.
+
+    A/B and canary: the production arm's figures come from ``[baseline_since, until)``
+    when given (a canary's 100 % step has no production traffic of its own, so the
+    controller compares it with production during the earlier steps).
+    """
     names = [c.name for c in experiment.candidates]
     if candidate is not None and candidate not in names:
         raise GateError(
@@ -292,6 +317,8 @@ def evaluate(
         "until": end.replace(tzinfo=None),
     }
     db = warehouse.database
+    if experiment.mode in SERVED_MODES:
+        return _evaluate_arms(warehouse, experiment, candidate, start, end, baseline_since)
     figures = {
         r["candidate_model"]: r
         for r in warehouse.query(
@@ -312,6 +339,58 @@ def evaluate(
         fig = dict(figures.get(name) or {"candidate_model": name, "pairs": 0})
         rules = judge(gates, fig, drift.get(name))
         fig.update({k: drift[name][k] for k in ("psi", "jsd", "outputs")} if name in drift else {})
+        verdicts.append(CandidateVerdict(name, overall(rules), rules, fig))
+    verdict = overall([RuleResult("candidate", None, 0.0, v.verdict, "") for v in verdicts])
+    return GateReport(experiment.name, start, end, verdict, verdicts)
+
+
+def _evaluate_arms(
+    warehouse: Warehouse,
+    experiment: ExperimentConfig,
+    candidate: str | None,
+    start: datetime,
+    end: datetime,
+    baseline_since: datetime | None = None,
+) -> GateReport:
+    gates = experiment.gates
+    base = baseline_since or start
+    params = {
+        "experiment": experiment.name,
+        "production": experiment.production_model,
+        "since": start.replace(tzinfo=None),
+        "until": end.replace(tzinfo=None),
+        "baseline_since": base.replace(tzinfo=None),
+        "latency_limit_ms": float(gates.max_p99_latency_ms or 0.0),
+        "latency_increase_ms": float(gates.max_p99_latency_increase_ms or 0.0),
+    }
+    sql = named_query("arm_figures", warehouse.database)
+    arms = {r["arm"]: r for r in warehouse.query(sql, params)}
+    if base != start:
+        baseline = {
+            r["arm"]: r for r in warehouse.query(sql, params | {"since": params["baseline_since"]})
+        }
+        arms[experiment.production_model] = baseline.get(experiment.production_model) or {}
+    prod = arms.get(experiment.production_model) or {"requests": 0, "errors": 0}
+    verdicts = []
+    for name in [candidate] if candidate else [c.name for c in experiment.candidates]:
+        arm = arms.get(name) or {"arm": name, "requests": 0}
+        # The candidate arm's figures under the names the rules read.
+        fig = {
+            "candidate_model": name,
+            "pairs": arm.get("requests", 0),
+            "candidate_errors": arm.get("errors", 0),
+            "candidate_latencies": arm.get("requests", 0),
+            "candidate_p50_ms": arm.get("p50_ms"),
+            "candidate_p95_ms": arm.get("p95_ms"),
+            "candidate_p99_ms": arm.get("p99_ms"),
+            "candidate_slow": arm.get("slow", 0),
+            "candidate_slower_than_production_p99": arm.get("slower_than_production_p99", 0),
+            "production_requests": prod.get("requests", 0),
+            "production_errors": prod.get("errors", 0),
+            "production_p50_ms": prod.get("p50_ms"),
+            "production_p99_ms": prod.get("p99_ms"),
+        }
+        rules = judge(gates, fig, None, production=prod)
         verdicts.append(CandidateVerdict(name, overall(rules), rules, fig))
     verdict = overall([RuleResult("candidate", None, 0.0, v.verdict, "") for v in verdicts])
     return GateReport(experiment.name, start, end, verdict, verdicts)

@@ -140,6 +140,7 @@ class Mirror:
         error: str | BaseException | None = None,
         event_time: int | None = None,
         arm: str | None = None,
+        arm_weight: float | None = None,
     ) -> bool:
         """Mirror one served request and its production output. Returns whether it was queued.
 
@@ -159,7 +160,7 @@ class Mirror:
                 return False
             self._queue.append(
                 (exp, request_id, dict(inputs), output, latency_ms, model, unit_id, error,
-                 event_time or now_ms(), arm)
+                 event_time or now_ms(), arm, arm_weight)
             )  # fmt: skip
             self.counters.recorded += 1
             return True
@@ -203,7 +204,8 @@ class Mirror:
             self.counters.last_error = describe(exc)
 
     def _send(self, item: tuple[Any, ...]) -> None:
-        exp, request_id, inputs, output, latency_ms, model, unit_id, error, event_time, arm = item
+        (exp, request_id, inputs, output, latency_ms, model, unit_id, error, event_time, arm,
+         arm_weight) = item  # fmt: skip
         try:
             req = Request(
                 request_id=request_id,
@@ -212,13 +214,15 @@ class Mirror:
                 inputs=redact(inputs, exp.redact),
                 unit_id=unit_id,
                 arm=arm,
+                arm_weight=arm_weight,
             )
             if isinstance(error, BaseException):
                 error = describe(error)
             pred = Prediction(
                 request_id=request_id,
                 experiment=exp.name,
-                role="production",
+                # With an arm (A/B, canary) the output is whichever arm served it.
+                role="production" if arm is None else "arm",
                 model=model,
                 output=output,
                 latency_ms=max(0.0, float(latency_ms)),

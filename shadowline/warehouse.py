@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from shadowline.config import Config
-from shadowline.envelopes import Comparison
+from shadowline.envelopes import Comparison, Control, Feedback, Prediction
 from shadowline.errors import Backpressure, WarehouseError
 
 DDL_DIR = Path(__file__).resolve().parent.parent / "deploy" / "clickhouse"
@@ -54,6 +54,35 @@ def named_query(name: str, database: str) -> str:
     if not path.exists():
         raise WarehouseError(f"no named query {name!r} in {QUERY_DIR}")
     return path.read_text().replace("{db}", database)
+
+
+SERVED_COLUMNS = (
+    "event_time", "experiment", "request_id", "model", "output", "latency_ms", "error",
+)  # fmt: skip
+ROLLOUT_COLUMNS = (
+    "event_time", "experiment", "version", "step", "weights", "weight", "verdict", "reason",
+)  # fmt: skip
+FEEDBACK_COLUMNS = ("event_time", "experiment", "request_id", "kind", "value")
+
+
+def served_row(p: Prediction) -> list[Any]:
+    """An arm's served prediction as a ``served`` row."""
+    rec = p._avro_record()
+    return [rec["event_time"], p.experiment, p.request_id, p.model, rec["output"],
+            p.latency_ms, p.error]  # fmt: skip
+
+
+def rollout_row(c: Control, production: str | None) -> list[Any]:
+    """A control decision as a ``rollout_events`` row (``weight``: candidates' share)."""
+    weight = sum(w for arm, w in c.weights.items() if arm != production)
+    return [c.event_time, c.experiment, c.version, c.step, c.weights, weight, c.verdict,
+            c.reason]  # fmt: skip
+
+
+def feedback_row(f: Feedback) -> list[Any]:
+    """A feedback event as a ``feedback`` row."""
+    rec = f._avro_record()
+    return [f.event_time, f.experiment, f.request_id, f.feedback_kind, rec["value"]]
 
 
 def comparison_row(c: Comparison) -> list[Any]:
@@ -132,20 +161,21 @@ class Warehouse:
 
     def insert_comparisons(self, rows: Sequence[Comparison]) -> int:
         """Insert a batch of comparisons; idempotent through ReplacingMergeTree + FINAL."""
-        if not rows:
+        return self.insert("comparisons", COMPARISON_COLUMNS, [comparison_row(c) for c in rows])
+
+    def insert(self, table: str, columns: Sequence[str], data: list[list[Any]]) -> int:
+        """Insert rows (lists in ``columns`` order) into ``table``."""
+        if not data:
             return 0
-        data = [comparison_row(c) for c in rows]
         try:
             with self._lock:
-                self._client.insert(
-                    f"{self.database}.comparisons", data, column_names=list(COMPARISON_COLUMNS)
-                )
+                self._client.insert(f"{self.database}.{table}", data, column_names=list(columns))
         except Exception as exc:
             message = _short(exc)
             if "TOO_MANY_PARTS" in message or "Code: 252" in message:
                 # ClickHouse pushing back while merges catch up: wait, do not give up.
                 raise Backpressure(f"warehouse busy: {message}", retry_after=1.0) from exc
-            raise WarehouseError(f"insert into comparisons failed: {message}") from exc
+            raise WarehouseError(f"insert into {table} failed: {message}") from exc
         return len(data)
 
     def close(self) -> None:

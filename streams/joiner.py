@@ -24,7 +24,7 @@ from typing import Any
 import faust
 
 from shadowline import kafka as kafka_clients
-from shadowline.config import Config, ExperimentConfig
+from shadowline.config import SERVED_MODES, Config, ExperimentConfig
 from shadowline.envelopes import Comparison, DeadLetter, Prediction, Request, now_ms
 from shadowline.errors import DecodeError, KafkaError
 from streams import pairing
@@ -349,6 +349,10 @@ def build_app(config: Config) -> faust.App:
         exp = experiments.get(env.experiment)
         if exp is None:
             reject(batch, message, f"experiment {env.experiment!r} is not configured", owner)
+            return
+        if exp.mode in SERVED_MODES or (isinstance(env, Prediction) and env.role == "arm"):
+            # Served arms (A/B, canary) are judged per arm from the warehouse, not paired.
+            stats.skipped += 1
             return
         if (
             isinstance(env, Prediction)

@@ -1,0 +1,228 @@
+"""The canary controller (``shadowline canary run|status``).
+
+It walks the experiment's schedule (``[experiments.canary] steps``): publishes the
+step's weight on the control topic, evaluates the gates on the traffic the candidate
+served during the step every ``check_interval_s``, and decides:
+
+- ``fail``: roll back to 0 % at once, with the failing rules as the reason; stop.
+- ``pass``, the step has lasted ``min_dwell_s`` and holds ``min_samples`` candidate
+  requests: promote to the next step (or finish at the last one).
+- otherwise: hold.
+
+Every decision is a control message (key: experiment; ``version`` increasing, ``step``
+set), which routers apply and the sink records in ``rollout_events``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shadowline import gates
+from shadowline.config import Config, ExperimentConfig
+from shadowline.envelopes import Control, now_ms
+from shadowline.errors import DecodeError, KafkaError, ShadowlineError
+from shadowline.warehouse import Warehouse
+
+log = logging.getLogger("shadowline.canary")
+AVRO_HEADERS = [("content-type", b"avro/binary")]
+
+
+class CanaryError(ShadowlineError):
+    """The canary cannot run (wrong mode, Kafka unreachable, warehouse missing)."""
+
+
+@dataclass
+class Decision:
+    """One evaluation of the controller, as published."""
+
+    step: int
+    weight: float
+    verdict: str
+    action: str  # start | hold | promote | rollback | complete
+    reason: str
+    version: int
+
+
+def latest_control(config: Config, experiment: str, timeout: float = 10.0) -> Control | None:
+    """The last decision on the control topic for ``experiment``, if any."""
+    from shadowline import kafka
+
+    topic = config.kafka.topic("control")
+    consumer = kafka.make_consumer(
+        config.kafka, f"shadowline-canary-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
+    )
+    try:
+        consumer.assign([kafka.TopicPartition(topic, 0, kafka.OFFSET_BEGINNING)])
+        latest: Control | None = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == kafka.PARTITION_EOF:
+                    return latest
+                continue
+            try:
+                c = Control.from_message(msg.key(), msg.value(), kafka.header(msg, "content-type"))
+            except DecodeError:
+                continue
+            if c.experiment == experiment and (latest is None or c.version >= latest.version):
+                latest = c
+        raise CanaryError(f"could not read {topic} within {timeout:.0f} s (is Kafka up?)")
+    finally:
+        consumer.close()
+
+
+def _failing(report: gates.GateReport) -> str:
+    parts = []
+    for cand in report.candidates:
+        for r in cand.rules:
+            if r.outcome == "fail":
+                observed = "n/a" if r.observed is None else f"{r.observed:.6g}"
+                parts.append(f"{r.rule}: observed {observed}, limit {r.threshold:.6g}")
+    return "; ".join(parts) or "gates failed"
+
+
+class Controller:
+    """Runs one experiment's canary until it completes, rolls back, or is stopped."""
+
+    def __init__(self, config: Config, experiment: str) -> None:
+        exp = next((e for e in config.experiments if e.name == experiment), None)
+        if exp is None:
+            known = ", ".join(e.name for e in config.experiments) or "none"
+            raise CanaryError(f"experiment {experiment!r} is not configured (configured: {known})")
+        if exp.mode != "canary":
+            raise CanaryError(
+                f"experiment {experiment!r} has mode {exp.mode!r}; canary run needs mode 'canary'"
+            )
+        self.config = config
+        self.exp: ExperimentConfig = exp
+        self.candidate = exp.candidates[0].name
+        self.decisions: list[Decision] = []
+        self._producer: Any = None
+        self._version = 0
+
+    def _publish(self, step: int, weight: float, verdict: str, action: str, reason: str) -> None:
+
+        self._version += 1
+        control = Control(
+            experiment=self.exp.name,
+            weights={self.candidate: weight, self.exp.production_model: round(1.0 - weight, 12)},
+            version=self._version,
+            event_time=now_ms(),
+            verdict=verdict,
+            reason=f"{action}: {reason}",
+            step=step,
+        )
+        failed: list[str] = []
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                failed.append(str(err))
+
+        self._producer.produce(
+            self.config.kafka.topic("control"), key=control.key, value=control.encode(),
+            headers=AVRO_HEADERS, on_delivery=delivered,
+        )  # fmt: skip
+        if self._producer.flush(30) or failed:
+            raise KafkaError(f"control decision not delivered: {failed or 'timeout'}")
+        decision = Decision(step, weight, verdict, action, reason, self._version)
+        self.decisions.append(decision)
+        log.warning(
+            "canary %s: %s step %d weight %.4g verdict %s (%s)",
+            self.exp.name, action, step, weight, verdict, reason,
+        )  # fmt: skip
+
+    def run(self, stop: threading.Event | None = None) -> Decision:
+        """Walk the schedule; returns the final decision (complete or rollback)."""
+        from shadowline import kafka
+
+        stop = stop or threading.Event()
+        canary = self.exp.canary
+        previous = latest_control(self.config, self.exp.name)
+        self._version = previous.version if previous else 0
+        self._producer = kafka.make_producer(self.config.kafka)
+        # Promotion needs canary.min_samples in the step; the other rules stay as set.
+        step_gates = self.exp.gates.model_copy(update={"min_samples": canary.min_samples})
+        exp = self.exp.model_copy(update={"gates": step_gates})
+        step = 0
+        began = started = datetime.now(UTC)
+        self._publish(step, canary.steps[0], "inconclusive", "start", "first step")
+        warehouse: Warehouse | None = None
+        try:
+            while not stop.wait(canary.check_interval_s):
+                if warehouse is None:
+                    warehouse = Warehouse.open_reader(self.config)
+                report = gates.evaluate(
+                    warehouse, exp, self.candidate, since=started, baseline_since=began
+                )
+                verdict = report.verdict
+                weight = canary.steps[step]
+                n = int(report.candidates[0].figures.get("pairs") or 0)
+                dwelt = (datetime.now(UTC) - started).total_seconds()
+                if verdict == "fail":
+                    self._publish(step, 0.0, "fail", "rollback", _failing(report))
+                    return self.decisions[-1]
+                if verdict == "pass" and dwelt >= canary.min_dwell_s:
+                    if step == len(canary.steps) - 1:
+                        self._publish(step, weight, "pass", "complete", f"{n} requests passed")
+                        return self.decisions[-1]
+                    step += 1
+                    started = datetime.now(UTC)
+                    self._publish(
+                        step, canary.steps[step], "pass", "promote",
+                        f"{n} requests passed at {weight:.4g} after {dwelt:.0f} s",
+                    )  # fmt: skip
+                    continue
+                why = (
+                    f"{dwelt:.0f} of {canary.min_dwell_s:.0f} s dwelt"
+                    if verdict == "pass"
+                    else f"{n} of {canary.min_samples} requests; gates {verdict}"
+                )
+                self._publish(step, weight, verdict, "hold", why)
+        finally:
+            if warehouse is not None:
+                warehouse.close()
+        # Stopped from outside: leave the weights as they are and say so.
+        self._publish(step, canary.steps[step], "inconclusive", "hold", "controller stopped")
+        return self.decisions[-1]
+
+
+def status(config: Config, experiment: str, limit: int = 20) -> dict[str, Any]:
+    """Where a rollout stands: the latest decision and the recent history."""
+    if not any(e.name == experiment for e in config.experiments):
+        raise CanaryError(f"experiment {experiment!r} is not configured")
+    latest = latest_control(config, experiment)
+    history: list[dict[str, Any]] = []
+    try:
+        wh = Warehouse.open_reader(config)
+        try:
+            history = wh.query(
+                "SELECT event_time, version, step, weight, verdict, reason "
+                "FROM rollout_events FINAL WHERE experiment = {e:String} "
+                "ORDER BY version DESC LIMIT {n:UInt32}",
+                {"e": experiment, "n": limit},
+            )
+        finally:
+            wh.close()
+    except ShadowlineError as exc:
+        log.info("no rollout history from the warehouse: %s", exc)
+    return {
+        "experiment": experiment,
+        "latest": None
+        if latest is None
+        else {
+            "version": latest.version, "step": latest.step, "weights": latest.weights,
+            "verdict": latest.verdict, "reason": latest.reason,
+            "time": datetime.fromtimestamp(latest.event_time / 1000, tz=UTC).isoformat(),
+        },
+        "history": history,
+    }  # fmt: skip
