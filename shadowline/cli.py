@@ -296,6 +296,25 @@ def gate_check(
     sys.exit(report.exit_code)
 
 
+@gate.command("serve")
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8126, show_default=True, type=int)
+def gate_serve(config_path: str, host: str, port: int) -> None:
+    """Answer verdicts over HTTP: JSON for Argo Rollouts, status codes for Flagger."""
+    from shadowline import gates
+
+    config = _load(config_path)
+    server = gates.make_server(config, host, port)
+    click.echo(f"gates on http://{host}:{port}/gates/EXPERIMENT (and /verdict)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 # -- canary -------------------------------------------------------------------
 
 

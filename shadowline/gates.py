@@ -433,3 +433,71 @@ def format_report(report: GateReport) -> str:
                 f"limit {r.threshold:<10.6g} {r.detail}"
             )
     return "\n".join(lines)
+
+
+def make_server(config: Config, host: str = "127.0.0.1", port: int = 8126) -> Any:
+    """The HTTP face of the gates (``shadowline gate serve``).
+
+    - ``GET /gates/EXPERIMENT[?candidate=&window=&since=&until=]``: the verdict as JSON
+      (always 200 when evaluated; an Argo Rollouts web metric reads ``verdict``).
+    - ``GET|POST /gates/EXPERIMENT/verdict``: the verdict as a status code for a
+      Flagger webhook: 200 pass, 412 fail, 425 inconclusive, 500 error.
+    - ``GET /healthz``: 200.
+    """
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    import orjson
+
+    codes = {"pass": 200, "fail": 412, "inconclusive": 425}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def _send(self, code: int, body: dict[str, Any]) -> None:
+            raw = orjson.dumps(body)
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def _handle(self) -> None:
+            url = urlsplit(self.path)
+            parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
+            if parts == ["healthz"]:
+                self._send(200, {"status": "ok"})
+                return
+            if (
+                len(parts) not in (2, 3)
+                or parts[0] != "gates"
+                or parts[2:] not in ([], ["verdict"])
+            ):
+                self._send(404, {"error": "use /gates/EXPERIMENT or /gates/EXPERIMENT/verdict"})
+                return
+            q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            try:
+                report = check(
+                    config, parts[1], candidate=q.get("candidate") or None,
+                    window_s=parse_duration(q["window"]) if q.get("window") else None,
+                    since=parse_time(q["since"]) if q.get("since") else None,
+                    until=parse_time(q["until"]) if q.get("until") else None,
+                )  # fmt: skip
+            except ShadowlineError as exc:
+                self._send(500 if len(parts) == 3 else 400, {"verdict": "error", "error": str(exc)})
+                return
+            body = report.as_dict()
+            self._send(codes[report.verdict] if len(parts) == 3 else 200, body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._handle()
+
+        def do_POST(self) -> None:  # noqa: N802
+            # Flagger posts its rollout's metadata; the verdict needs only the path.
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(min(length, 1_048_576))
+            self._handle()
+
+    return ThreadingHTTPServer((host, port), Handler)

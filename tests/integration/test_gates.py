@@ -185,3 +185,43 @@ def test_usage_error_exits_3_not_a_verdict_code(gated: tuple[Path, Any]) -> None
     )  # fmt: skip
     assert proc.returncode == 3
     assert "Missing argument 'EXPERIMENT'" in proc.stderr
+
+
+def test_gate_serve_answers_argo_json_and_flagger_status_codes(gated: tuple[Path, Any]) -> None:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from shadowline.gates import make_server
+
+    server = make_server(gated[1], "127.0.0.1", 0)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def get(path: str, method: str = "GET") -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                     data=b"{}" if method == "POST" else None)  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310  loopback
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    try:
+        code, body = get("/gates/exp?candidate=good")
+        assert (code, body["verdict"]) == (200, "pass")
+        # The same document as `gate check --json` gives for the same range.
+        until = body["until"]
+        _, cli = _check(gated[0], "exp", "--candidate", "good", "--until", until)
+        assert body == cli
+        assert get("/gates/exp/verdict?candidate=good")[0] == 200
+        assert get("/gates/exp/verdict?candidate=bad", "POST")[0] == 412
+        early = f"/gates/exp/verdict?candidate=good&until={BASE_MS + 1000}&since={BASE_MS}"
+        assert get(early)[0] == 425
+        code, body = get("/gates/nope/verdict")
+        assert code == 500 and "not in" in body["error"]
+        assert get("/elsewhere")[0] == 404
+        assert get("/healthz") == (200, {"status": "ok"})
+    finally:
+        server.shutdown()
+        server.server_close()
