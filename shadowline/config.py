@@ -181,6 +181,10 @@ class GateConfig(_Frozen):
     max_mean_divergence: float | None = Field(None, ge=0)
     max_output_psi: float | None = Field(0.25, gt=0)
     max_output_jsd: float | None = Field(None, gt=0, le=1)
+    # From feedback: how much worse than production the candidate may be, as a share
+    # (0.01 = one point of accuracy or of conversion rate).
+    max_accuracy_drop: float | None = Field(None, ge=0, lt=1)
+    max_conversion_rate_drop: float | None = Field(None, ge=0, lt=1)
 
 
 class CanaryConfig(_Frozen):
@@ -218,6 +222,9 @@ class ExperimentConfig(_Frozen):
     sampling: float = Field(1.0, ge=0, le=1)
     # regression: outputs whose relative difference is at most this count as agreeing
     regression_tolerance: float = Field(0.01, ge=0)
+    # Feedback (labels, clicks, conversions) counts for a request when it arrives
+    # within this long after the request; the join happens in the warehouse.
+    feedback_window_s: float = Field(7 * 86_400, gt=0, le=366 * 86_400)
     redact: RedactConfig = RedactConfig()
     gates: GateConfig = GateConfig()
     canary: CanaryConfig = CanaryConfig()

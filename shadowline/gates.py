@@ -148,6 +148,7 @@ def judge(
     figures: dict[str, Any],
     drift: dict[str, Any] | None,
     production: dict[str, Any] | None = None,
+    feedback: dict[str, Any] | None = None,
 ) -> list[RuleResult]:
     """The rules of ``gates`` on one candidate's figures (pure: no warehouse).
 
@@ -220,6 +221,7 @@ def judge(
                 gates.max_p99_latency_increase_ms,
             )
         )
+    rules += _feedback_rules(gates, feedback or {}, paired=production is None)
     if production is not None:
         return rules
     if gates.min_agreement is not None:
@@ -249,6 +251,40 @@ def judge(
             n = int(drift.get("outputs") or 0) if drift else 0
             rules.append(_point(rule, observed, limit, True, n, gates.min_samples))
     return rules
+
+
+def _feedback_rules(gates: GateConfig, fb: dict[str, Any], paired: bool) -> list[RuleResult]:
+    """Accuracy (labels) and conversion-rate drops, from the feedback figures."""
+    out = []
+    a = gates.alpha
+    if gates.max_accuracy_drop is not None:
+        n = int(fb.get("labelled") or 0)
+        if paired:
+            drop, v = stats.paired_rate_difference(
+                n, int(fb.get("production_only_correct") or 0),
+                int(fb.get("candidate_only_correct") or 0),
+            )  # fmt: skip
+        else:
+            drop, v = stats.independent_rate_difference(
+                int(fb.get("production_correct") or 0), int(fb.get("production_labelled") or 0),
+                int(fb.get("candidate_correct") or 0), n,
+            )  # fmt: skip
+        test = stats.difference_test(drop, v, gates.max_accuracy_drop, a, n)
+        out.append(_sequential("max_accuracy_drop", test, _num(drop), gates.max_accuracy_drop))
+    if gates.max_conversion_rate_drop is not None and not paired:
+        # Shadow traffic never reaches users, so conversions exist only for served arms.
+        n = int(fb.get("candidate_requests") or 0)
+        drop, v = stats.independent_rate_difference(
+            int(fb.get("production_converted") or 0), int(fb.get("production_requests") or 0),
+            int(fb.get("candidate_converted") or 0), n,
+        )  # fmt: skip
+        test = stats.difference_test(drop, v, gates.max_conversion_rate_drop, a, n)
+        out.append(
+            _sequential(
+                "max_conversion_rate_drop", test, _num(drop), gates.max_conversion_rate_drop
+            )
+        )
+    return out
 
 
 def _empty() -> stats.TestResult:
@@ -334,10 +370,18 @@ def evaluate(
     if gates.max_output_psi is not None or gates.max_output_jsd is not None:
         rows = warehouse.query(named_query("output_drift", db), params)
         drift = {r["candidate_model"]: r for r in rows}
+    labels: dict[str, dict[str, Any]] = {}
+    if gates.max_accuracy_drop is not None:
+        rows = warehouse.query(
+            named_query("feedback_figures", db),
+            params | {"feedback_window_s": int(experiment.feedback_window_s)},
+        )
+        labels = {r["candidate_model"]: r for r in rows}
     verdicts = []
     for name in [candidate] if candidate else names:
         fig = dict(figures.get(name) or {"candidate_model": name, "pairs": 0})
-        rules = judge(gates, fig, drift.get(name))
+        rules = judge(gates, fig, drift.get(name), feedback=labels.get(name))
+        fig.update({f"feedback_{k}": v for k, v in labels.get(name, {}).items()})
         fig.update({k: drift[name][k] for k in ("psi", "jsd", "outputs")} if name in drift else {})
         verdicts.append(CandidateVerdict(name, overall(rules), rules, fig))
     verdict = overall([RuleResult("candidate", None, 0.0, v.verdict, "") for v in verdicts])
@@ -390,10 +434,43 @@ def _evaluate_arms(
             "production_p50_ms": prod.get("p50_ms"),
             "production_p99_ms": prod.get("p99_ms"),
         }
-        rules = judge(gates, fig, None, production=prod)
+        fb = _arm_feedback(warehouse, experiment, name, params) if _wants_feedback(gates) else {}
+        fig.update({f"feedback_{k}": v for k, v in fb.items()})
+        rules = judge(gates, fig, None, production=prod, feedback=fb)
         verdicts.append(CandidateVerdict(name, overall(rules), rules, fig))
     verdict = overall([RuleResult("candidate", None, 0.0, v.verdict, "") for v in verdicts])
     return GateReport(experiment.name, start, end, verdict, verdicts)
+
+
+def _wants_feedback(gates: GateConfig) -> bool:
+    return gates.max_accuracy_drop is not None or gates.max_conversion_rate_drop is not None
+
+
+def _arm_feedback(
+    warehouse: Warehouse, experiment: ExperimentConfig, candidate: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    rows = warehouse.query(
+        named_query("arm_feedback", warehouse.database),
+        {k: params[k] for k in ("experiment", "since", "until")}
+        | {"feedback_window_s": int(experiment.feedback_window_s)},
+    )
+    arms = {r["arm"]: r for r in rows}
+    cand = arms.get(candidate, {})
+    prod = arms.get(experiment.production_model, {})
+    return {
+        "labelled": cand.get("labelled", 0),
+        "candidate_correct": cand.get("correct", 0),
+        "candidate_requests": cand.get("requests", 0),
+        "candidate_converted": cand.get("converted", 0),
+        "candidate_accuracy": cand.get("accuracy"),
+        "candidate_conversion_rate": cand.get("conversion_rate"),
+        "production_labelled": prod.get("labelled", 0),
+        "production_correct": prod.get("correct", 0),
+        "production_requests": prod.get("requests", 0),
+        "production_converted": prod.get("converted", 0),
+        "production_accuracy": prod.get("accuracy"),
+        "production_conversion_rate": prod.get("conversion_rate"),
+    }
 
 
 def check(

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from shadowline.config import Config, ExperimentConfig, RedactConfig, load_config
-from shadowline.envelopes import Prediction, Request, now_ms
+from shadowline.envelopes import Feedback, Prediction, Request, now_ms
 from shadowline.errors import describe
 
 log = logging.getLogger(__name__)
 
 _BATCH = 512
+_FEEDBACK = object()  # tags feedback items in the send queue
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Mirror:
         self._experiments: dict[str, ExperimentConfig] = {e.name: e for e in config.experiments}
         self._requests_topic = config.kafka.topic("requests")
         self._predictions_topic = config.kafka.topic("predictions")
+        self._feedback_topic = config.kafka.topic("feedback")
         self._queue: deque[tuple[Any, ...]] = deque()
         self._max = config.tap.queue_size
         self._producer_settings = producer_settings or {}
@@ -169,6 +171,34 @@ class Mirror:
             self.counters.last_error = describe(exc)
             return False
 
+    def feedback(
+        self,
+        *,
+        experiment: str,
+        request_id: str,
+        kind: str,
+        value: Any,
+        event_time: int | None = None,
+    ) -> bool:
+        """Publish a label, click or conversion for a past request (``kind``: label,
+        click, conversion; ``value``: any JSON value, e.g. the true label, the clicked
+        item, the conversion amount). Like ``record``: never raises, never blocks."""
+        try:
+            if experiment not in self._experiments:
+                self.counters.dropped_unknown_experiment += 1
+                return False
+            if len(self._queue) >= self._max:
+                self.counters.dropped_queue_full += 1
+                return False
+            self._queue.append((_FEEDBACK, experiment, request_id, kind, value,
+                                event_time or now_ms()))  # fmt: skip
+            self.counters.recorded += 1
+            return True
+        except Exception as exc:
+            self.counters.rejected += 1
+            self.counters.last_error = describe(exc)
+            return False
+
     # -- background side -------------------------------------------------
 
     def _make_producer(self) -> Any:
@@ -204,6 +234,9 @@ class Mirror:
             self.counters.last_error = describe(exc)
 
     def _send(self, item: tuple[Any, ...]) -> None:
+        if item[0] is _FEEDBACK:
+            self._send_feedback(item)
+            return
         (exp, request_id, inputs, output, latency_ms, model, unit_id, error, event_time, arm,
          arm_weight) = item  # fmt: skip
         try:
@@ -237,6 +270,18 @@ class Mirror:
             return
         self._produce(self._requests_topic, key, req_bytes)
         self._produce(self._predictions_topic, key, pred_bytes)
+
+    def _send_feedback(self, item: tuple[Any, ...]) -> None:
+        _, experiment, request_id, kind, value, event_time = item
+        try:
+            fb = Feedback(request_id, experiment, kind, value, event_time)
+            raw = Feedback.from_message(fb.key, fb.encode(), "avro/binary")  # validates
+            value_bytes = raw.encode()
+        except Exception as exc:
+            self.counters.rejected += 1
+            self.counters.last_error = describe(exc)
+            return
+        self._produce(self._feedback_topic, request_id.encode(), value_bytes)
 
     def _run(self) -> None:
         try:

@@ -225,3 +225,56 @@ def test_gate_serve_answers_argo_json_and_flagger_status_codes(gated: tuple[Path
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_labels_from_feedback_judge_accuracy_on_the_same_requests(tmp_path: Path) -> None:
+    data = {
+        "warehouse": {"path": str(tmp_path / "wh"), "port": 1},
+        "experiments": [
+            {
+                "name": "lab",
+                "production_model": "prod",
+                "feedback_window_s": 60,
+                "candidates": [{"name": "worse", "model": "tests.fixtures.models:EchoModel"}],
+                "gates": {"max_accuracy_drop": 0.02},
+            }
+        ],
+    }
+    path = tmp_path / "shadowline.toml"
+    path.write_text(tomli_w.dumps(data))
+    config = load_config(path)
+    exp = config.experiments[0]
+    comparisons, feedback = [], []
+    for i in range(3000):
+        t = BASE_MS + i * 10
+        rid = f"r{i}"
+        truth = i % 2
+        # Production is wrong when i % 20 == 0, the candidate when i % 5 == 0: among the
+        # even requests (whose labels arrive in time) that is 10 % and 20 %.
+        prod_label = truth if i % 20 else 1 - truth
+        cand_label = truth if i % 5 else 1 - truth
+        state = pairing.new_state(rid, exp, t, 0, t)
+        for role, name, label in (
+            ("production", "prod", prod_label),
+            ("candidate", "worse", cand_label),
+        ):
+            pred = Prediction(rid, "lab", role, name, {"label": label}, 2.0, t)
+            comparisons += pairing.on_prediction(state, pred, exp, t)
+        # Every other label arrives too late (after the 60 s feedback window).
+        late = 120_000 if i % 2 else 1_000
+        feedback.append([t + late, "lab", rid, "label", str(truth)])
+    wh = Warehouse.open_owner(config)
+    try:
+        wh.insert_comparisons(comparisons)
+        wh.insert("feedback", ("event_time", "experiment", "request_id", "kind", "value"), feedback)
+    finally:
+        wh.close()
+    code, report = _check(path, "lab")
+    assert code == 1, report
+    figures = report["candidates"][0]["figures"]
+    assert figures["feedback_labelled"] == 1500  # only labels inside the window
+    assert figures["feedback_production_accuracy"] == pytest.approx(0.90)
+    assert figures["feedback_candidate_accuracy"] == pytest.approx(0.80)
+    rule = _rules(report, "worse")["max_accuracy_drop"]
+    assert rule["outcome"] == "fail"
+    assert rule["observed"] == pytest.approx(0.10)
