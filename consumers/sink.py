@@ -23,14 +23,16 @@ from consumers.deadletter import DeadLetters
 from consumers.loop import commit, flush_all, stop_on_signals, usable
 from shadowline import kafka
 from shadowline.config import SERVED_MODES, Config
-from shadowline.envelopes import Comparison, Control, Feedback, Prediction
+from shadowline.envelopes import Comparison, Control, Feedback, Prediction, Request
 from shadowline.errors import Backpressure, DecodeError, WarehouseError
 from shadowline.warehouse import (
     FEEDBACK_COLUMNS,
+    REQUEST_COLUMNS,
     ROLLOUT_COLUMNS,
     SERVED_COLUMNS,
     Warehouse,
     feedback_row,
+    request_row,
     rollout_row,
     served_row,
 )
@@ -39,6 +41,7 @@ COLUMNS = {
     "served": SERVED_COLUMNS,
     "rollout_events": ROLLOUT_COLUMNS,
     "feedback": FEEDBACK_COLUMNS,
+    "requests": REQUEST_COLUMNS,
 }
 
 log = logging.getLogger("shadowline.sink")
@@ -67,6 +70,10 @@ class Sink:
         self._extra: dict[str, list[list[Any]]] = defaultdict(list)
         self._production = {e.name: e.production_model for e in config.experiments}
         self._served = {e.name for e in config.experiments if e.mode in SERVED_MODES}
+        # Requests are stored only where feature drift is gated: they double the rows.
+        self._keep_requests = {
+            e.name for e in config.experiments if e.gates.max_feature_psi is not None
+        }
         self._offsets: dict[tuple[str, int], int] = {}
         self._oldest: float | None = None
         self.warehouse: Warehouse | None = None
@@ -149,11 +156,17 @@ class Sink:
             elif topic == k.topic("feedback"):
                 fb = Feedback.from_message(msg.key(), msg.value(), ctype)
                 self.add_row("feedback", feedback_row(fb), msg)
+            elif topic == k.topic("requests"):
+                req = Request.from_message(msg.key(), msg.value(), ctype)
+                if req.experiment in self._keep_requests:
+                    self.add_row("requests", request_row(req), msg)
+                else:
+                    self._remember(msg)
             else:
                 self._take_prediction(msg, ctype)
         except DecodeError as exc:
-            if topic == k.topic("predictions"):
-                self._remember(msg)  # the joiner dead-letters predictions
+            if topic in (k.topic("predictions"), k.topic("requests")):
+                self._remember(msg)  # the joiner and the workers dead-letter these
             else:
                 dlq.send(msg, f"{type(exc).__name__}: {exc.reason}")
                 self._remember(msg)
@@ -180,6 +193,8 @@ class Sink:
         topics = [k.topic("comparisons"), k.topic("control"), k.topic("feedback")]
         if self._served:
             topics.append(k.topic("predictions"))
+        if self._keep_requests:
+            topics.append(k.topic("requests"))
         consumer.subscribe(topics)
         self.ready.set()
         try:

@@ -183,8 +183,21 @@ class GateConfig(_Frozen):
     max_output_jsd: float | None = Field(None, gt=0, le=1)
     # From feedback: how much worse than production the candidate may be, as a share
     # (0.01 = one point of accuracy or of conversion rate).
+    # Input drift: PSI of each numeric feature between the range and the reference
+    # window of `feature_reference_s` just before it (the sink then stores requests).
+    max_feature_psi: float | None = Field(None, gt=0)
+    feature_reference_s: float = Field(3600.0, gt=0)
     max_accuracy_drop: float | None = Field(None, ge=0, lt=1)
     max_conversion_rate_drop: float | None = Field(None, ge=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _false_turns_a_rule_off(cls, data: Any) -> Any:
+        # TOML has no null: `max_error_rate = false` is how a default rule is turned off.
+        if isinstance(data, dict):
+            return {k: None if v is False and k.startswith(("max_", "min_a")) else v
+                    for k, v in data.items()}  # fmt: skip
+        return data
 
 
 class CanaryConfig(_Frozen):

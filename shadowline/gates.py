@@ -370,6 +370,7 @@ def evaluate(
     if gates.max_output_psi is not None or gates.max_output_jsd is not None:
         rows = warehouse.query(named_query("output_drift", db), params)
         drift = {r["candidate_model"]: r for r in rows}
+    features = _feature_rule(warehouse, experiment, start, end)
     labels: dict[str, dict[str, Any]] = {}
     if gates.max_accuracy_drop is not None:
         rows = warehouse.query(
@@ -381,6 +382,7 @@ def evaluate(
     for name in [candidate] if candidate else names:
         fig = dict(figures.get(name) or {"candidate_model": name, "pairs": 0})
         rules = judge(gates, fig, drift.get(name), feedback=labels.get(name))
+        rules += [features] if features else []
         fig.update({f"feedback_{k}": v for k, v in labels.get(name, {}).items()})
         fig.update({k: drift[name][k] for k in ("psi", "jsd", "outputs")} if name in drift else {})
         verdicts.append(CandidateVerdict(name, overall(rules), rules, fig))
@@ -415,6 +417,7 @@ def _evaluate_arms(
         }
         arms[experiment.production_model] = baseline.get(experiment.production_model) or {}
     prod = arms.get(experiment.production_model) or {"requests": 0, "errors": 0}
+    features = _feature_rule(warehouse, experiment, start, end)
     verdicts = []
     for name in [candidate] if candidate else [c.name for c in experiment.candidates]:
         arm = arms.get(name) or {"arm": name, "requests": 0}
@@ -437,9 +440,48 @@ def _evaluate_arms(
         fb = _arm_feedback(warehouse, experiment, name, params) if _wants_feedback(gates) else {}
         fig.update({f"feedback_{k}": v for k, v in fb.items()})
         rules = judge(gates, fig, None, production=prod, feedback=fb)
+        rules += [features] if features else []
         verdicts.append(CandidateVerdict(name, overall(rules), rules, fig))
     verdict = overall([RuleResult("candidate", None, 0.0, v.verdict, "") for v in verdicts])
     return GateReport(experiment.name, start, end, verdict, verdicts)
+
+
+def _feature_rule(
+    warehouse: Warehouse, experiment: ExperimentConfig, start: datetime, end: datetime
+) -> RuleResult | None:
+    """PSI of every numeric input feature against the window just before ``start``."""
+    gates = experiment.gates
+    limit = gates.max_feature_psi
+    if limit is None:
+        return None
+    if start <= EPOCH:
+        return RuleResult(
+            "max_feature_psi", None, limit, "inconclusive",
+            "needs a range with a reference before it (--window or --since)",
+        )  # fmt: skip
+    reference = start - timedelta(seconds=gates.feature_reference_s)
+    rows = warehouse.query(
+        named_query("feature_drift", warehouse.database),
+        {
+            "experiment": experiment.name,
+            "reference_since": reference.replace(tzinfo=None),
+            "since": start.replace(tzinfo=None),
+            "until": end.replace(tzinfo=None),
+        },
+    )
+    judged = [r for r in rows if min(r["reference"], r["current"]) >= gates.min_samples]
+    if not judged:
+        return RuleResult(
+            "max_feature_psi", None, limit, "inconclusive",
+            f"waiting for {gates.min_samples} requests in the range and in its reference",
+        )  # fmt: skip
+    worst = max(judged, key=lambda r: r["psi"])
+    psi = float(worst["psi"])
+    return RuleResult(
+        "max_feature_psi", psi, limit, "fail" if psi > limit else "pass",
+        f"worst feature {worst['feature']!r} of {len(judged)} (reference "
+        f"{reference.isoformat()} .. {start.isoformat()})",
+    )  # fmt: skip
 
 
 def _wants_feedback(gates: GateConfig) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from shadowline.config import Config
-from shadowline.envelopes import Comparison, Control, Feedback, Prediction
+from shadowline.envelopes import Comparison, Control, Feedback, Prediction, Request
 from shadowline.errors import Backpressure, WarehouseError
 
 DDL_DIR = Path(__file__).resolve().parent.parent / "deploy" / "clickhouse"
@@ -63,6 +63,16 @@ ROLLOUT_COLUMNS = (
     "event_time", "experiment", "version", "step", "weights", "weight", "verdict", "reason",
 )  # fmt: skip
 FEEDBACK_COLUMNS = ("event_time", "experiment", "request_id", "kind", "value")
+REQUEST_COLUMNS = (
+    "event_time", "experiment", "request_id", "unit_id", "arm", "arm_weight", "inputs",
+)  # fmt: skip
+
+
+def request_row(r: Request) -> list[Any]:
+    """A mirrored request as a ``requests`` row."""
+    rec = r._avro_record()
+    return [r.event_time, r.experiment, r.request_id, r.unit_id, r.arm, r.arm_weight,
+            rec["inputs"]]  # fmt: skip
 
 
 def served_row(p: Prediction) -> list[Any]:

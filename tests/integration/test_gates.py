@@ -278,3 +278,54 @@ def test_labels_from_feedback_judge_accuracy_on_the_same_requests(tmp_path: Path
     rule = _rules(report, "worse")["max_accuracy_drop"]
     assert rule["outcome"] == "fail"
     assert rule["observed"] == pytest.approx(0.10)
+
+
+@pytest.mark.parametrize(("shift", "outcome"), [(0.0, "pass"), (1.0, "fail")])
+def test_feature_drift_against_the_window_before(tmp_path: Path, shift: float, outcome: str):
+    import random
+
+    data = {
+        "warehouse": {"path": str(tmp_path / "wh"), "port": 1},
+        "experiments": [
+            {
+                "name": "feat",
+                "production_model": "prod",
+                "candidates": [{"name": "c", "model": "tests.fixtures.models:EchoModel"}],
+                "gates": {
+                    "max_feature_psi": 0.25, "feature_reference_s": 600, "min_samples": 500,
+                    "max_error_rate": False, "max_error_rate_increase": False,
+                    "max_p99_latency_ms": False, "max_output_psi": False,
+                },
+            }
+        ],
+    }  # fmt: skip
+    path = tmp_path / "shadowline.toml"
+    path.write_text(tomli_w.dumps(data))
+    config = load_config(path)
+    rng = random.Random(3)
+    rows_ = []
+    # 10 minutes of reference traffic, then 10 minutes where `amount` moves by `shift`
+    # standard deviations; `country` is text and not a numeric feature.
+    for i in range(2400):
+        t = BASE_MS + i * 500
+        current = i >= 1200
+        amount = rng.gauss(shift if current else 0.0, 1.0)
+        inputs = json.dumps({"amount": amount, "age": rng.gauss(40, 10), "country": "NL"})
+        rows_.append([t, "feat", f"r{i}", None, None, None, inputs])
+    wh = Warehouse.open_owner(config)
+    try:
+        cols = ("event_time", "experiment", "request_id", "unit_id", "arm", "arm_weight", "inputs")
+        wh.insert("requests", cols, rows_)
+    finally:
+        wh.close()
+    window = ("--since", _iso(BASE_MS + 1200 * 500), "--until", _iso(BASE_MS + 2400 * 500))
+    _, report = _check(path, "feat", *window)
+    rule = _rules(report, "c")["max_feature_psi"]
+    assert rule["outcome"] == outcome, rule
+    if outcome == "fail":
+        assert "'amount'" in rule["detail"] and rule["observed"] > 0.25
+    else:
+        assert rule["observed"] < 0.1
+    # Judged over all history there is no reference window: no verdict on drift.
+    _, everything = _check(path, "feat")
+    assert _rules(everything, "c")["max_feature_psi"]["outcome"] == "inconclusive"

@@ -138,3 +138,24 @@ def test_sasl_and_ssl_settings_reach_every_client():
     assert settings["ssl.ca.location"] == "/etc/ca.pem"
     assert settings["ssl.endpoint.identification.algorithm"] == "https"
     assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg.model_dump())
+
+
+def test_gate_defaults_come_from_the_seed_and_false_turns_a_rule_off():
+    exp = parse_config({"experiments": [EXP]}, env={}).experiments[0]
+    assert (exp.gates.max_error_rate, exp.gates.max_p99_latency_ms) == (0.01, 100.0)
+    off = dict(EXP, gates={"max_error_rate": False, "max_p99_latency_ms": 250})
+    gates = parse_config({"experiments": [off]}, env={}).experiments[0].gates
+    assert (gates.max_error_rate, gates.max_p99_latency_ms) == (None, 250.0)
+    with pytest.raises(ConfigError, match="min_samples"):
+        parse_config({"experiments": [dict(EXP, gates={"min_samples": False})]}, env={})
+
+
+def test_canary_schedule_and_mode_rules():
+    canary = dict(EXP, mode="canary", canary={"steps": [0.1, 0.05]})
+    with pytest.raises(ConfigError, match="steps must strictly increase"):
+        parse_config({"experiments": [canary]}, env={})
+    two = dict(
+        EXP, mode="canary", candidates=[EXP["candidates"][0], dict(EXP["candidates"][0], name="z")]
+    )
+    with pytest.raises(ConfigError, match="exactly one candidate"):
+        parse_config({"experiments": [two]}, env={})
