@@ -199,3 +199,17 @@ def test_regressed_candidate_is_rolled_back_automatically(canary_setup: Any) -> 
         t=stamp,
     )[0]
     assert after["n"] > 0 and after["cand"] == 0, after
+    # `canary status` tells the same story from the control topic and rollout_events.
+    status_sql = "SELECT count() AS n FROM rollout_events FINAL WHERE experiment = 'ramp'"
+    wait_for(lambda: rows(config, status_sql)[0]["n"] == len(controls), 30, "rollout_events")
+    status = subprocess.run(
+        [sys.executable, "-m", "shadowline", "canary", "status", "-c", str(path), "ramp", "--json"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=True,
+    )  # fmt: skip
+    info = json.loads(status.stdout)
+    assert info["latest"]["verdict"] == "fail"
+    assert info["latest"]["weights"]["cand"] == 0.0
+    assert info["history"][0]["reason"] == rollback.reason
+    assert [h["version"] for h in info["history"]] == sorted(
+        (c.version for _, c in controls), reverse=True
+    )[: len(info["history"])]
