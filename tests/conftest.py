@@ -22,9 +22,19 @@ TEST_BOOTSTRAP = os.environ.get("SHADOWLINE_TEST_BOOTSTRAP", "127.0.0.1:39092")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port whose successor is free too (a local broker's controller
+    listens on port + 1)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of loopback ports")
 
 
 @pytest.fixture(scope="session")
