@@ -128,6 +128,19 @@ def _write_properties(b: LocalBroker, config: Config) -> Path:
     return props
 
 
+def _check_port_free(host: str, port: int, what: str) -> None:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise BrokerError(
+                f"{host}:{port}, needed by {what}, is in use ({exc.strerror}); "
+                "choose another kafka.bootstrap_servers port"
+            ) from exc
+
+
 def up(config: Config, timeout: float = 90.0) -> str:
     """Start the local broker unless one answers; return a one-line status."""
     if ping(config.kafka, timeout=1.0):
@@ -146,6 +159,7 @@ def up(config: Config, timeout: float = 90.0) -> str:
         )  # fmt: skip
         if fmt.returncode != 0:
             raise BrokerError(f"formatting Kafka storage failed: {fmt.stderr.strip()[-500:]}")
+    _check_port_free(b.host, b.controller_port, "the broker's controller (port + 1)")
     with open(b.data_dir / "broker.out", "ab") as out:
         proc = subprocess.Popen(
             [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
