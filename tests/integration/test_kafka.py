@@ -61,3 +61,23 @@ def test_cli_status_topics_and_missing_java(config_factory, tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert down.returncode == 1 and "not running" in down.stdout
+
+
+def test_kafka_up_names_a_taken_controller_port(tmp_path):
+    import socket
+
+    from shadowline import broker
+    from shadowline.config import parse_config
+    from shadowline.errors import BrokerError
+    from tests.conftest import free_port
+
+    port = free_port()
+    config = parse_config(
+        {"kafka": {"bootstrap_servers": f"127.0.0.1:{port}", "local_data_dir": str(tmp_path)}},
+        env={},
+    )
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port + 1))
+        squatter.listen()
+        with pytest.raises(BrokerError, match=rf"127.0.0.1:{port + 1}, needed by the broker's"):
+            broker.up(config, timeout=30)
