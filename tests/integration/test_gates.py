@@ -278,6 +278,28 @@ def test_labels_from_feedback_judge_accuracy_on_the_same_requests(tmp_path: Path
     rule = _rules(report, "worse")["max_accuracy_drop"]
     assert rule["outcome"] == "fail"
     assert rule["observed"] == pytest.approx(0.10)
+    # The output drift the gate used is computed in SQL; it equals shadowline.stats on
+    # the same binned counts (the dashboards show the SQL figure).
+    from shadowline import stats
+    from shadowline.warehouse import named_query
+
+    wh = Warehouse.open_reader(config)
+    try:
+        drift = wh.query(
+            named_query("output_drift", config.warehouse.database),
+            {"experiment": "lab", "candidate": "", "since": "2000-01-01 00:00:00",
+             "until": "2100-01-01 00:00:00"},
+        )[0]  # fmt: skip
+    finally:
+        wh.close()
+    assert drift["production_counts"] != drift["candidate_counts"]
+    assert drift["psi"] == pytest.approx(
+        stats.psi(drift["production_counts"], drift["candidate_counts"]), rel=1e-9
+    )
+    assert drift["jsd"] == pytest.approx(
+        stats.jensen_shannon(drift["production_counts"], drift["candidate_counts"]), rel=1e-9
+    )
+    assert figures["psi"] == pytest.approx(drift["psi"])
 
 
 @pytest.mark.parametrize(("shift", "outcome"), [(0.0, "pass"), (1.0, "fail")])
