@@ -25,6 +25,7 @@ from shadowline import kafka
 from shadowline.config import SERVED_MODES, Config
 from shadowline.envelopes import Comparison, Control, Feedback, Prediction, Request
 from shadowline.errors import Backpressure, DecodeError, WarehouseError
+from shadowline.metrics import ComponentMetrics
 from shadowline.warehouse import (
     FEEDBACK_COLUMNS,
     REQUEST_COLUMNS,
@@ -71,6 +72,7 @@ class Sink:
         self._production = {e.name: e.production_model for e in config.experiments}
         self._served = {e.name for e in config.experiments if e.mode in SERVED_MODES}
         # Requests are stored only where feature drift is gated: they double the rows.
+        self.metrics = ComponentMetrics("sink")
         self._keep_requests = {
             e.name for e in config.experiments if e.gates.max_feature_psi is not None
         }
@@ -109,15 +111,20 @@ class Sink:
     def flush(self, consumer: Any, stop: threading.Event) -> None:
         """Insert the buffer (retrying with backoff), then commit its offsets."""
         assert self.warehouse is not None
+        started = time.perf_counter()
         if self._buffer or self._extra:
             delay = 0.2
             while True:
                 try:
-                    self.stats.inserted += self.warehouse.insert_comparisons(self._buffer)
+                    n = self.warehouse.insert_comparisons(self._buffer)
+                    self.stats.inserted += n
+                    self.metrics.produced("comparisons", n)
                     self._buffer = []
                     for table in list(self._extra):
                         rows = self._extra[table]
-                        self.stats.inserted += self.warehouse.insert(table, COLUMNS[table], rows)
+                        n = self.warehouse.insert(table, COLUMNS[table], rows)
+                        self.stats.inserted += n
+                        self.metrics.produced(table, n)
                         del self._extra[table]
                     break
                 except WarehouseError as exc:
@@ -131,6 +138,7 @@ class Sink:
                     time.sleep(wait)
                     delay = min(delay * 2, 5.0)
             self.stats.flushes += 1
+            self.metrics.batch(time.perf_counter() - started)
         if self._offsets:
             offsets = [kafka.TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
             # On failure the rows are in anyway; whoever owns the partitions next
@@ -165,6 +173,7 @@ class Sink:
             else:
                 self._take_prediction(msg, ctype)
         except DecodeError as exc:
+            self.metrics.decode_error(topic)
             if topic in (k.topic("predictions"), k.topic("requests")):
                 self._remember(msg)  # the joiner and the workers dead-letter these
             else:
@@ -196,21 +205,29 @@ class Sink:
         if self._keep_requests:
             topics.append(k.topic("requests"))
         consumer.subscribe(topics)
+        m = self.metrics
+        m.serve(self.config)
         self.ready.set()
         try:
             while not stop.is_set():
+                if m.lag_due(self.config.metrics.lag_interval_s):
+                    m.measure_lag(consumer)
                 msgs = consumer.consume(num_messages=self.config.warehouse.batch_size, timeout=0.1)
+                dead = dlq.count
                 for msg in msgs:
                     if not usable(msg, kafka.PARTITION_EOF):
                         continue
                     self.stats.consumed += 1
+                    m.consumed(msg.topic() or "")
                     self._take(msg, dlq)
+                m.dead_lettered(dlq.count - dead)
                 if self.due() or (self._offsets and not self._pending()):
                     flush_all(producer, stop, "sink dead letters")
                     self.flush(consumer, stop)
             flush_all(producer, stop, "sink dead letters")
             self.flush(consumer, stop)
         finally:
+            m.close()
             consumer.close()
             if server is not None:
                 server.shutdown()

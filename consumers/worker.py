@@ -29,6 +29,7 @@ from shadowline import kafka
 from shadowline.config import SERVED_MODES, CandidateConfig, Config
 from shadowline.envelopes import Prediction, Request
 from shadowline.errors import DecodeError, KafkaError, describe
+from shadowline.metrics import ComponentMetrics
 from shadowline.models import Model, load_model
 
 log = logging.getLogger("shadowline.worker")
@@ -119,6 +120,7 @@ class Worker:
         n = max(1, sum(len(r) for r in self.runners.values()))
         self._fanout = ThreadPoolExecutor(max_workers=n, thread_name_prefix="score")
         self._stats_lock = threading.Lock()
+        self.metrics = ComponentMetrics("worker")
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -133,17 +135,28 @@ class Worker:
         producer = kafka.make_producer(k, on_delivery=self._on_delivery, **{"linger.ms": 2})
         dlq = DeadLetters(producer, k.topic("deadletter"), "worker")
         consumer.subscribe([k.topic("requests")])
+        m = self.metrics
+        m.serve(self.config)
         try:
             while not stop.is_set():
+                if m.lag_due(self.config.metrics.lag_interval_s):
+                    m.measure_lag(consumer)
                 msgs = consumer.consume(num_messages=batch_size, timeout=0.2)
                 if not msgs:
                     continue
+                started = time.perf_counter()
+                predictions, dead = self.stats.predictions, dlq.count
+                m.consumed(k.topic("requests"), len(msgs))
                 self.process(msgs, producer, dlq)
                 flush_all(producer, stop, "worker")
                 if self._delivery_failed:
                     raise KafkaError(f"prediction not delivered: {self._delivery_failed}")
                 commit(consumer)
+                m.produced(k.topic("predictions"), self.stats.predictions - predictions)
+                m.dead_lettered(dlq.count - dead)
+                m.batch(time.perf_counter() - started)
         finally:
+            m.close()
             consumer.close()
             self._fanout.shutdown(wait=False, cancel_futures=True)
             for runners in self.runners.values():
@@ -165,6 +178,7 @@ class Worker:
                     msg.key(), msg.value(), kafka.header(msg, "content-type")
                 )
             except DecodeError as exc:
+                self.metrics.decode_error(msg.topic())
                 dlq.send(msg, f"{type(exc).__name__}: {exc.reason}")
                 continue
             if req.experiment in self.served:

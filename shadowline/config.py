@@ -75,6 +75,17 @@ class KafkaConfig(_Frozen):
         return f"{self.namespace}{name}"
 
 
+class MetricsConfig(_Frozen):
+    """Prometheus endpoints of the long-running components (port 0: none)."""
+
+    host: str = "127.0.0.1"
+    worker_port: int = Field(9464, ge=0, le=65535)
+    joiner_port: int = Field(9465, ge=0, le=65535)
+    sink_port: int = Field(9466, ge=0, le=65535)
+    # How often consumer lag is measured.
+    lag_interval_s: float = Field(5.0, gt=0, le=600)
+
+
 class TapConfig(_Frozen):
     """How the serving-side tap buffers and sends."""
 
@@ -265,6 +276,7 @@ class Config(_Frozen):
     tap: TapConfig = TapConfig()
     warehouse: WarehouseConfig = WarehouseConfig()
     joiner: JoinerConfig = JoinerConfig()
+    metrics: MetricsConfig = MetricsConfig()
     experiments: tuple[ExperimentConfig, ...] = ()
     source: str = Field(default="<defaults>", exclude=True)
 

@@ -17,6 +17,7 @@ import gc
 import heapq
 import logging
 import os
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from shadowline import kafka as kafka_clients
 from shadowline.config import SERVED_MODES, Config, ExperimentConfig
 from shadowline.envelopes import Comparison, DeadLetter, Prediction, Request, now_ms
 from shadowline.errors import DecodeError, KafkaError
+from shadowline.metrics import ComponentMetrics
 from streams import pairing
 
 log = logging.getLogger("shadowline.joiner")
@@ -193,6 +195,8 @@ def build_app(config: Config) -> faust.App:
     )
 
     outbox = Outbox(config)
+    metrics = ComponentMetrics("joiner")
+    app.shadowline_metrics = metrics  # type: ignore[attr-defined]
     comparisons_name = kafka.topic("comparisons")
     deadletter_name = kafka.topic("deadletter")
     changelog_name = pending.changelog_topic.get_topic_name()
@@ -344,6 +348,7 @@ def build_app(config: Config) -> faust.App:
                     message.key, message.value, _content_type(message.headers)
                 )
         except DecodeError as exc:
+            metrics.decode_error(topic)
             reject(batch, message, f"{type(exc).__name__}: {exc.reason}", owner)
             return
         exp = experiments.get(env.experiment)
@@ -387,6 +392,8 @@ def build_app(config: Config) -> faust.App:
         for event in events:
             message = event.message
             stats.events += 1
+            metrics.consumed(message.topic)
+            position[(message.topic, message.partition)] = message.offset + 1
             try:
                 if message.topic == ticks_name:
                     on_tick(batch, message.partition)
@@ -401,6 +408,8 @@ def build_app(config: Config) -> faust.App:
     @app.agent(source, concurrency=1)
     async def join(stream: Any) -> None:
         async for events in stream.take_events(jcfg.batch_max, within=jcfg.batch_wait_s):
+            started = time.perf_counter()
+            dead = stats.dead_lettered
             try:
                 batch = handle(events)
                 # States that depend on no new row go out with the rows; the rest
@@ -410,6 +419,9 @@ def build_app(config: Config) -> faust.App:
                 if batch.after_rows:
                     batch.persist(batch.after_rows)
                     await outbox.drain()
+                metrics.produced(comparisons_name, batch.rows)
+                metrics.dead_lettered(stats.dead_lettered - dead)
+                metrics.batch(time.perf_counter() - started)
             except BaseException as exc:
                 # Nothing of this batch may be committed now: Faust acks the events
                 # when the loop moves on, so mark them handled-but-not-acked. Then
@@ -430,6 +442,26 @@ def build_app(config: Config) -> faust.App:
         level = max(logging.INFO, logging.getLogger().getEffectiveLevel())
         for name in ("aiokafka", "faust", "mode"):
             logging.getLogger(name).setLevel(level)
+
+    @app.task
+    async def serve_metrics() -> None:
+        metrics.serve(config)
+
+    # Next offset to handle per partition, so lag means "not handled yet" as it does
+    # for the other components (high watermark minus position).
+    position: dict[tuple[str, int], int] = {}
+
+    @app.timer(interval=config.metrics.lag_interval_s)
+    async def measure_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # noqa: S112  not fetched yet
+                continue
+            done = position.get((tp.topic, tp.partition))
+            if high is not None and done is not None:
+                metrics.lag(tp.topic, tp.partition, high - done)
 
     @app.timer(interval=jcfg.tick_interval_s)
     async def tick() -> None:

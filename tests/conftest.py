@@ -84,6 +84,12 @@ def config_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., tuple[
                 "late_grace_s": 30,
             },
             "experiments": experiments,
+            "metrics": {
+                "worker_port": free_port(),
+                "joiner_port": free_port(),
+                "sink_port": free_port(),
+                "lag_interval_s": 1.0,
+            },
         }
         for key, value in sections.items():
             data.setdefault(key, {}).update(value)
