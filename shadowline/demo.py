@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from shadowline import broker
+from shadowline import broker, gates
 from shadowline.config import load_config
 from shadowline.errors import ShadowlineError
 from shadowline.kafka import create_topics, ping
@@ -196,6 +196,8 @@ def run_demo(demo_dir: Path, n_requests: int = 5000, quiet: bool = False) -> dic
                 named_query("candidate_summary", config.warehouse.database),
                 {"experiment": experiment},
             )
+            exp_cfg = next(e for e in config.experiments if e.name == experiment)
+            report = gates.evaluate(wh, exp_cfg)
         finally:
             wh.close()
     finally:
@@ -211,6 +213,18 @@ def run_demo(demo_dir: Path, n_requests: int = 5000, quiet: bool = False) -> dic
         "end_to_end_requests_per_second": round(n_requests / elapsed, 1),
         "tap": mirror.counters.snapshot(),
         "per_candidate": [_jsonable(r) for r in rows],
+        "gates": {
+            c.candidate: {
+                "verdict": c.verdict,
+                "failing": [
+                    f"{r.rule}: observed {r.observed:.4g}, limit {r.threshold:.4g}"
+                    for r in c.rules
+                    if r.outcome == "fail" and r.observed is not None
+                ],
+            }
+            for c in report.candidates
+        },
+        "gate_command": f"shadowline gate check -c {config_path} {experiment}",
         "config": str(config_path),
         "query_example": (
             f"shadowline query -c {config_path} "
@@ -314,5 +328,13 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{ms(r['production_p50_ms'], r['production_p99_ms']):>16} "
             f"{ms(r['candidate_p50_ms'], r['candidate_p99_ms']):>16}"
         )
-    lines += ["", f"query the rows: {summary['query_example']}"]
+    lines += ["", "gates (defaults from the seed: errors <= 1 %, p99 <= 100 ms, ...):"]
+    for name, g in summary["gates"].items():
+        why = f"  ({'; '.join(g['failing'])})" if g["failing"] else ""
+        lines.append(f"  {name:10} {g['verdict'].upper()}{why}")
+    lines += [
+        f"  every rule with its evidence: {summary['gate_command']}",
+        "",
+        f"query the rows: {summary['query_example']}",
+    ]
     return "\n".join(lines)
