@@ -1,0 +1,128 @@
+"""Every Grafana panel's SQL, run against the embedded warehouse after a real pipeline
+run (shadow pairs, a canary's served arms and its rollout decisions)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shadowline import Mirror, Router
+from shadowline.envelopes import Control, now_ms
+from shadowline.warehouse import DDL_DIR
+from tests.integration.helpers import produce, rows, start_pipeline, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "deploy" / "grafana"
+PROBS = {"0": 0.4, "1": 0.6}
+SHADOW = {
+    "name": "shadow",
+    "production_model": "prod",
+    "window_s": 5,
+    "candidates": [
+        {"name": "echo", "model": "tests.fixtures.models:EchoModel"},
+        {"name": "flip", "model": "tests.fixtures.models:FlipModel"},
+    ],
+}
+CANARY = {
+    "name": "ramp",
+    "mode": "canary",
+    "production_model": "prod",
+    "candidates": [{"name": "cand", "model": "tests.fixtures.models:EchoModel"}],
+}
+ALL_TIME = (
+    "{col} >= toDateTime64('2000-01-01 00:00:00', 3) "
+    "AND {col} < toDateTime64('2100-01-01 00:00:00', 3)"
+)
+
+
+def _dashboards() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((GRAFANA / "dashboards").glob("*.json"))]
+
+
+def _sql(raw: str, experiment: str) -> str:
+    sql = raw.replace("${experiment}", experiment)
+    return re.sub(r"\$__timeFilter\((\w+)\)", lambda m: ALL_TIME.format(col=m.group(1)), sql)
+
+
+def test_provisioning_files_are_in_grafanas_format() -> None:
+    ds = yaml.safe_load((GRAFANA / "provisioning/datasources/clickhouse.yaml").read_text())
+    assert ds["apiVersion"] == 1
+    assert ds["datasources"][0]["type"] == "grafana-clickhouse-datasource"
+    prov = yaml.safe_load((GRAFANA / "provisioning/dashboards/shadowline.yaml").read_text())
+    assert prov["providers"][0]["type"] == "file"
+    (dash,) = _dashboards()
+    uid = ds["datasources"][0]["uid"]
+    assert dash["templating"]["list"][0]["name"] == "experiment"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)) >= 8
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == uid
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"])
+        for target in panel["targets"]:
+            assert target["refId"] and target["rawSql"]
+    # Every panel reads a view or table defined in deploy/clickhouse.
+    defined = set(re.findall(r"CREATE (?:TABLE|VIEW) IF NOT EXISTS \{db\}\.(\w+)",
+                             "".join(p.read_text() for p in DDL_DIR.glob("*.sql"))))  # fmt: skip
+    for panel in dash["panels"]:
+        used = set(re.findall(r"FROM shadowline\.(\w+)", panel["targets"][0]["rawSql"]))
+        assert used and used <= defined, (panel["title"], used)
+
+
+def test_every_panel_returns_sane_rows_from_a_real_run(
+    config_factory: Any, child_env, tmp_path
+) -> None:
+    config, path = config_factory([SHADOW, CANARY])
+    pipeline = start_pipeline(config, path, child_env, tmp_path / "logs")
+    try:
+        control = Control("ramp", {"cand": 0.5, "prod": 0.5}, 1, now_ms(), verdict="pass",
+                          reason="promote: test", step=2)  # fmt: skip
+        produce(config, "control", [(control.key, control.encode(), "avro/binary")])
+        with Router(config) as router, Mirror(config) as mirror:
+            wait_for(lambda: router.weights("ramp"), 20, "the weights")
+            for i in range(300):
+                out = {"label": i % 2, "probabilities": PROBS}
+                mirror.record(experiment="shadow", request_id=f"s{i}", inputs=out, output=out,
+                              latency_ms=2.0, model="prod")  # fmt: skip
+                a = router.assign("ramp", f"user-{i}")
+                error = "E: x" if i % 50 == 0 else None
+                mirror.record(experiment="ramp", request_id=f"c{i}", inputs={"x": i},
+                              output={"label": 1}, latency_ms=3.0, model=a.arm, arm=a.arm,
+                              arm_weight=a.weight, error=error)  # fmt: skip
+            assert mirror.flush(30) == 0
+        for table, n in (("comparisons_final", 600), ("served_final", 300), ("rollout_events", 1)):
+            sql = f"SELECT count() AS n FROM {table}"  # noqa: S608  fixed names
+            wait_for(lambda sql=sql, n=n: rows(config, sql)[0]["n"] >= n,
+                     60, f"{n} rows in {table}", pipeline)  # fmt: skip
+        (dash,) = _dashboards()
+        variable = rows(config, dash["templating"]["list"][0]["query"])
+        assert [r["experiment"] for r in variable] == ["ramp", "shadow"]
+        for panel in dash["panels"]:
+            experiment = (
+                "ramp"
+                if ("arm" in panel["title"].lower() or "rollout" in panel["title"].lower())
+                else "shadow"
+            )
+            result = rows(config, _sql(panel["targets"][0]["rawSql"], experiment))
+            assert result, panel["title"]
+            for row in result:
+                for key, value in row.items():
+                    if key.endswith(("rate", "share", "agreement", "weight")):
+                        assert 0 <= value <= 1, (panel["title"], key, value)
+                    if key.endswith(("_ms", "_per_s")):
+                        assert value >= 0, (panel["title"], key, value)
+            if panel["title"].startswith("Pairs per second"):
+                total = sum(r["pairs_per_s"] * 60 for r in result)
+                assert round(total) == 600  # 300 requests x 2 candidates
+            if panel["title"].startswith("Missing and error"):
+                assert all(r["missing_rate"] == 0 for r in result)
+            if panel["title"].startswith("Served arms (A/B"):
+                assert round(sum(r["requests_per_s"] * 60 for r in result)) == 300
+                assert {r["arm"] for r in result} == {"cand", "prod"}
+            if panel["title"].startswith("Gate verdicts"):
+                assert result[0]["verdict"] == "pass" and result[0]["step"] == 2
+    finally:
+        pipeline.stop()
