@@ -315,6 +315,30 @@ def gate_serve(config_path: str, host: str, port: int) -> None:
         server.server_close()
 
 
+# -- report -------------------------------------------------------------------
+
+
+@cli.command("report")
+@config_option
+@click.argument("experiment")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True
+)
+@click.option("--window", default=None, help="Only the last DURATION (30s, 5m, 2h, 1d).")
+def report_cmd(
+    config_path: str, experiment: str, output: str, fmt: str, window: str | None
+) -> None:
+    """Write a report: self-contained HTML, or Markdown with PNG plots beside it."""
+    from shadowline import gates, report
+
+    path = report.write(
+        _load(config_path), experiment, Path(output), fmt,
+        window_s=gates.parse_duration(window) if window else None,
+    )  # fmt: skip
+    click.echo(f"wrote {path}")
+
+
 # -- canary -------------------------------------------------------------------
 
 

@@ -351,3 +351,31 @@ def test_feature_drift_against_the_window_before(tmp_path: Path, shift: float, o
     # Judged over all history there is no reference window: no verdict on drift.
     _, everything = _check(path, "feat")
     assert _rules(everything, "c")["max_feature_psi"]["outcome"] == "inconclusive"
+
+
+def test_report_html_is_self_contained_and_markdown_has_its_plots(gated: tuple[Path, Any]) -> None:
+    path = gated[0]
+    out = path.parent / "report.html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "shadowline", "report", "-c", str(path), "exp", "-o", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text()
+    assert "Gate verdict: FAIL" in page
+    assert page.count("<svg") >= 4  # pairs, errors, agreement, latency
+    assert "max_error_rate" in page and "RuntimeError: boom" in page  # rules, divergent rows
+    # Opens offline: nothing is fetched from anywhere.
+    assert 'src="http' not in page and 'href="http' not in page and "<script src" not in page
+    md = path.parent / "report.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "shadowline", "report", "-c", str(path), "exp", "-o", str(md),
+         "--format", "md"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = md.read_text()
+    assert text.startswith("# Experiment exp: FAIL")
+    pngs = sorted((path.parent / "report_files").glob("*.png"))
+    assert len(pngs) >= 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert all(f"report_files/{p.name}" in text for p in pngs)

@@ -1,0 +1,318 @@
+"""``shadowline report``: one file to attach to a rollout decision.
+
+HTML (default): self-contained (plots inlined as SVG, no external assets), so it opens
+offline. Markdown (``--format md``): the same content with PNG plots written next to
+it, for a pull request. Content: the gate verdict with every rule, plots over time from
+the dashboard views, the rollout history, and the most divergent requests.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from shadowline import gates
+from shadowline.config import SERVED_MODES, Config
+from shadowline.warehouse import Warehouse, named_query
+
+
+def _plot(series: dict[str, list[tuple[Any, float]]], title: str, ylabel: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 2.8), dpi=100)
+    for name, points in sorted(series.items()):
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o" if len(points) < 3 else None, label=name)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8, loc="best")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def _figures(
+    wh: Warehouse, experiment: str, served: bool, since: Any, until: Any
+) -> list[tuple[str, Any]]:
+    params = {"e": experiment, "s": since.replace(tzinfo=None), "u": until.replace(tzinfo=None)}
+    window = (
+        "experiment = {e:String} AND minute >= {s:DateTime64(3)} AND minute < {u:DateTime64(3)}"
+    )
+    out = []
+    if served:
+        sql = "SELECT minute, arm, requests, error_rate, p99_ms FROM served_minutely"
+        rows = wh.query(f"{sql} WHERE {window} ORDER BY minute", params)
+        key = "arm"
+        specs = [
+            ("requests", "Requests per minute, by arm", "requests"),
+            ("error_rate", "Error rate, by arm", "share"),
+            ("p99_ms", "p99 latency, by arm", "ms"),
+        ]
+    else:
+        sql = (
+            "SELECT minute, candidate_model, pairs, candidate_error_rate, agreement, "
+            "candidate_p99_ms FROM comparisons_minutely"
+        )
+        rows = wh.query(f"{sql} WHERE {window} ORDER BY minute", params)
+        key = "candidate_model"
+        specs = [
+            ("pairs", "Pairs per minute, by candidate", "pairs"),
+            ("candidate_error_rate", "Candidate error rate", "share"),
+            ("agreement", "Agreement with production", "share"),
+            ("candidate_p99_ms", "Candidate p99 latency", "ms"),
+        ]
+    for column, title, unit in specs:
+        series: dict[str, list[tuple[Any, float]]] = {}
+        for r in rows:
+            if r[column] is not None and r[column] == r[column]:
+                series.setdefault(str(r[key]), []).append((r["minute"], float(r[column])))
+        out.append((title, _plot(series, title, unit)))
+    weights = wh.query(
+        "SELECT event_time, weight FROM rollout_timeline WHERE experiment = {e:String} "
+        "AND event_time >= {s:DateTime64(3)} AND event_time < {u:DateTime64(3)} ORDER BY version",
+        params,
+    )
+    if weights:
+        series = {"candidate weight": [(r["event_time"], float(r["weight"])) for r in weights]}
+        out.append(("Rollout weight", _plot(series, "Rollout weight of the candidate", "share")))
+    return out
+
+
+def build(
+    config: Config, experiment: str, window_s: float | None = None, limit: int = 20
+) -> dict[str, Any]:
+    """Everything a report shows, gathered from the warehouse."""
+    exp = next((e for e in config.experiments if e.name == experiment), None)
+    if exp is None:
+        raise gates.GateError(f"experiment {experiment!r} is not configured")
+    wh = Warehouse.open_reader(config)
+    try:
+        report = gates.evaluate(wh, exp, window_s=window_s)
+        served = exp.mode in SERVED_MODES
+        figures = _figures(wh, experiment, served, report.since, report.until)
+        history = wh.query(
+            "SELECT event_time, version, step, weight, verdict, reason FROM rollout_timeline "
+            "WHERE experiment = {e:String} ORDER BY version DESC LIMIT 50",
+            {"e": experiment},
+        )
+        divergent = (
+            []
+            if served
+            else wh.query(
+                named_query("top_divergent", wh.database),
+                {
+                    "experiment": experiment,
+                    "since": report.since.replace(tzinfo=None),
+                    "until": report.until.replace(tzinfo=None),
+                    "limit": limit,
+                },
+            )
+        )
+    finally:
+        wh.close()
+    return {
+        "experiment": exp,
+        "gates": report,
+        "figures": figures,
+        "history": history,
+        "divergent": divergent,
+        "generated": datetime.now(UTC),
+    }
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else str(v)
+
+
+def _rule_rows(data: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for cand in data["gates"].candidates:
+        for r in cand.rules:
+            out.append(
+                [cand.candidate, r.rule, _cell(r.observed), _cell(r.threshold), r.outcome, r.detail]
+            )
+    return out
+
+
+def to_html(data: dict[str, Any]) -> str:
+    """A self-contained HTML page (inline CSS and SVG; no network needed)."""
+    g = data["gates"]
+    esc = html.escape
+
+    def table(head: list[str], rows: list[list[Any]], cls: str = "") -> str:
+        th = "".join(f"<th>{esc(h)}</th>" for h in head)
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f"<td class='{esc(_cell(c)) if h == 'outcome' else ''}'>{esc(_cell(c))}</td>"
+                for h, c in zip(head, r, strict=True)
+            )
+            + "</tr>"
+            for r in rows
+        )
+        return f"<table class='{cls}'><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>shadowline report: {esc(g.experiment)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+        ".pass{background:#d9f2d9}.fail{background:#f8d0d0}.inconclusive{background:#fff3c4}"
+        ".verdict{font-size:20px;padding:6px 12px;display:inline-block}"
+        "pre{white-space:pre-wrap;margin:0;font-size:12px}</style></head><body>",
+        f"<h1>Experiment {esc(g.experiment)}</h1>",
+        f"<p>mode {esc(data['experiment'].mode)}; "
+        f"production {esc(data['experiment'].production_model)}; "
+        f"range {esc(g.since.isoformat())} .. {esc(g.until.isoformat())}; "
+        f"generated {esc(data['generated'].isoformat())}</p>",
+        f"<p class='verdict {esc(g.verdict)}' id='verdict'>"
+        f"Gate verdict: {esc(g.verdict.upper())}</p>",
+        "<h2>Rules</h2>",
+        table(
+            ["candidate", "rule", "observed", "limit", "outcome", "detail"],
+            _rule_rows(data),
+            "rules",
+        ),
+        "<h2>Over time</h2>",
+    ]
+    for title, fig in data["figures"]:
+        parts.append(
+            f"<figure class='plot'><figcaption>{esc(title)}</figcaption>{_svg(fig)}</figure>"
+        )
+    parts.append("<h2>Rollout history</h2>")
+    if data["history"]:
+        parts.append(
+            table(
+                ["time", "version", "step", "weight", "verdict", "reason"],
+                [
+                    [
+                        r["event_time"],
+                        r["version"],
+                        r["step"],
+                        r["weight"],
+                        r["verdict"],
+                        r["reason"],
+                    ]
+                    for r in data["history"]
+                ],
+                "history",
+            )
+        )
+    else:
+        parts.append("<p>No rollout decisions for this experiment.</p>")
+    parts.append("<h2>Most divergent requests</h2>")
+    if data["divergent"]:
+        rows = [
+            [
+                r["request_id"],
+                r["candidate_model"],
+                r["status"],
+                r["divergence"],
+                r["production_output"],
+                r["candidate_output"] or r["candidate_error"],
+            ]
+            for r in data["divergent"]
+        ]
+        parts.append(
+            table(
+                [
+                    "request",
+                    "candidate",
+                    "status",
+                    "divergence",
+                    "production output",
+                    "candidate output",
+                ],
+                rows,
+                "divergent",
+            )
+        )
+    else:
+        parts.append("<p>None in this range.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def to_markdown(data: dict[str, Any], out: Path) -> str:
+    """Markdown with PNG plots written to ``<out stem>_files/`` beside it."""
+    g = data["gates"]
+    assets = out.parent / f"{out.stem}_files"
+    assets.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# Experiment {g.experiment}: {g.verdict.upper()}",
+        "",
+        f"Mode {data['experiment'].mode}, production {data['experiment'].production_model}, "
+        f"range {g.since.isoformat()} .. {g.until.isoformat()}.",
+        "",
+        "| candidate | rule | observed | limit | outcome | detail |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _rule_rows(data)]
+    lines.append("")
+    for i, (title, fig) in enumerate(data["figures"]):
+        name = f"plot{i + 1}.png"
+        fig.savefig(assets / name, format="png")
+        lines += [f"![{title}]({assets.name}/{name})", ""]
+    lines += ["## Rollout history", ""]
+    if data["history"]:
+        lines += [
+            "| time | version | step | weight | verdict | reason |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['event_time']} | {r['version']} | {_cell(r['step'])} | {_cell(r['weight'])} "
+            f"| {_cell(r['verdict'])} | {_cell(r['reason'])} |"
+            for r in data["history"]
+        ]
+    else:
+        lines.append("No rollout decisions for this experiment.")
+    lines += ["", "## Most divergent requests", ""]
+    if data["divergent"]:
+        lines += [
+            "| request | candidate | divergence | production output | candidate output |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['request_id']} | {r['candidate_model']} | {_cell(r['divergence'])} "
+            f"| `{r['production_output']}` | `{r['candidate_output'] or r['candidate_error']}` |"
+            for r in data["divergent"]
+        ]
+    else:
+        lines.append("None in this range.")
+    return "\n".join(lines) + "\n"
+
+
+def write(
+    config: Config, experiment: str, out: Path, fmt: str = "html", window_s: float | None = None
+) -> Path:
+    """Build and write the report; returns the path written."""
+    import matplotlib.pyplot as plt
+
+    data = build(config, experiment, window_s)
+    try:
+        text = to_html(data) if fmt == "html" else to_markdown(data, out)
+    finally:
+        for _, fig in data["figures"]:
+            plt.close(fig)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return out
