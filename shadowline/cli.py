@@ -315,6 +315,28 @@ def gate_serve(config_path: str, host: str, port: int) -> None:
         server.server_close()
 
 
+# -- dashboard ----------------------------------------------------------------
+
+
+@cli.command("dashboard")
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8127, show_default=True, type=int)
+@click.option("--refresh", default=10, show_default=True, help="Seconds between page refreshes.")
+def dashboard_cmd(config_path: str, host: str, port: int, refresh: int) -> None:
+    """Serve a live page per experiment (panels, verdict, divergent requests)."""
+    from shadowline.dashboard import make_server
+
+    server = make_server(_load(config_path), host, port, refresh)
+    click.echo(f"dashboard on http://{host}:{port}/", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 # -- report -------------------------------------------------------------------
 
 

@@ -379,3 +379,39 @@ def test_report_html_is_self_contained_and_markdown_has_its_plots(gated: tuple[P
     pngs = sorted((path.parent / "report_files").glob("*.png"))
     assert len(pngs) >= 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert all(f"report_files/{p.name}" in text for p in pngs)
+
+
+def test_dashboard_lists_experiments_and_serves_their_pages(gated: tuple[Path, Any]) -> None:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from shadowline.dashboard import make_server
+
+    server = make_server(gated[1], "127.0.0.1", 0, refresh_s=5)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as r:  # noqa: S310
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    try:
+        code, index = get("/")
+        assert code == 200
+        assert "<a href='/experiments/exp'>exp</a>" in index
+        assert "<td class='fail'>fail</td>" in index
+        code, page = get("/experiments/exp")
+        assert code == 200
+        assert "content='5'" in page  # refreshes by itself
+        assert "Gate verdict: FAIL" in page and page.count("<svg") >= 4
+        assert "RuntimeError: boom" in page  # the divergent table, both sides
+        assert 'src="http' not in page and "<script" not in page  # nothing from outside
+        assert get("/experiments/nope")[0] == 404
+        assert get("/experiments/exp?window=bad")[0] == 500
+    finally:
+        server.shutdown()
+        server.server_close()

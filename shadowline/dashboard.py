@@ -1,0 +1,111 @@
+"""``shadowline dashboard``: a live page per experiment, served on loopback.
+
+Server-side rendered: every page is built from the warehouse when requested (the
+same views and gate code as the Grafana dashboard and the report), with plots inlined
+as SVG and a refresh header, so it needs no JavaScript and nothing from the network.
+
+- ``/``: every experiment with its latest gate verdict;
+- ``/experiments/NAME[?window=15m]``: the panels, the verdict with each rule, the
+  rollout history and the most divergent requests (both outputs side by side).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from shadowline import gates, report
+from shadowline.config import Config
+from shadowline.errors import ShadowlineError
+from shadowline.warehouse import Warehouse
+
+log = logging.getLogger("shadowline.dashboard")
+
+
+def index_page(config: Config, refresh_s: int) -> str:
+    """The experiment list with each one's verdict."""
+    rows = []
+    wh = Warehouse.open_reader(config)
+    try:
+        for exp in config.experiments:
+            verdict: str
+            try:
+                verdict = gates.evaluate(wh, exp).verdict
+            except ShadowlineError as exc:
+                verdict = f"error: {exc}"
+            link = f"/experiments/{quote(exp.name)}"
+            rows.append(
+                f"<tr><td><a href='{link}'>{html.escape(exp.name)}</a></td>"
+                f"<td>{html.escape(exp.mode)}</td><td>{len(exp.candidates)}</td>"
+                f"<td class='{html.escape(verdict)}'>{html.escape(verdict)}</td></tr>"
+            )
+    finally:
+        wh.close()
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<meta http-equiv='refresh' content='{refresh_s}'><title>shadowline</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:2em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}table{border-collapse:collapse}"
+        ".pass{background:#d9f2d9}.fail{background:#f8d0d0}.inconclusive{background:#fff3c4}"
+        "</style></head><body><h1>shadowline experiments</h1>"
+        "<table id='experiments'><thead><tr><th>experiment</th><th>mode</th>"
+        "<th>candidates</th><th>gate verdict</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></body></html>"
+    )
+
+
+def experiment_page(config: Config, name: str, window_s: float | None, refresh_s: int) -> str:
+    """One experiment: the report's content, refreshing itself."""
+    import matplotlib.pyplot as plt
+
+    data = report.build(config, name, window_s)
+    try:
+        page = report.to_html(data)
+    finally:
+        for _, fig in data["figures"]:
+            plt.close(fig)
+    head = (
+        f"<meta http-equiv='refresh' content='{refresh_s}'>"
+        "<p><a href='/'>&larr; all experiments</a></p>"
+    )
+    return page.replace("<meta charset='utf-8'>", "<meta charset='utf-8'>" + head, 1)
+
+
+def make_server(
+    config: Config, host: str = "127.0.0.1", port: int = 8127, refresh_s: int = 10
+) -> ThreadingHTTPServer:
+    """The dashboard's HTTP server (not started)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug(format, *args)
+
+        def _send(self, code: int, body: str) -> None:
+            raw = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self) -> None:  # noqa: N802
+            url = urlsplit(self.path)
+            parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
+            q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            try:
+                if not parts:
+                    self._send(200, index_page(config, refresh_s))
+                elif len(parts) == 2 and parts[0] == "experiments":
+                    window = gates.parse_duration(q["window"]) if q.get("window") else None
+                    self._send(200, experiment_page(config, parts[1], window, refresh_s))
+                else:
+                    self._send(404, "<p>not found: try <a href='/'>/</a></p>")
+            except ShadowlineError as exc:
+                self._send(404 if "not configured" in str(exc) else 500,
+                           f"<p>error: {html.escape(str(exc))}</p>")  # fmt: skip
+
+    return ThreadingHTTPServer((host, port), Handler)
