@@ -12,6 +12,7 @@ $(BIN)/shadowline: pyproject.toml
 	@touch $@
 
 setup: $(BIN)/shadowline  ## venv + dependencies (Kafka jars come on first `kafka up`)
+	deploy/browser/install-chromium.sh
 
 demo: setup  ## the main job: train, shadow, join, store, summarise
 	$(BIN)/shadowline demo

@@ -30,6 +30,12 @@ def _plot(series: dict[str, list[tuple[Any, float]]], title: str, ylabel: str) -
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o" if len(points) < 3 else None, label=name)
+    xs_all = [x for points in series.values() for x, _ in points]
+    if xs_all and min(xs_all) == max(xs_all):
+        # One minute of data: centre it in a ten-minute frame, not a span of years.
+        from datetime import timedelta
+
+        ax.set_xlim(min(xs_all) - timedelta(minutes=5), max(xs_all) + timedelta(minutes=5))
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel, fontsize=9)
     ax.grid(alpha=0.3)
@@ -129,6 +135,10 @@ def build(
     }
 
 
+def _since(t: datetime) -> str:
+    return "the beginning" if t <= gates.EPOCH else t.isoformat()
+
+
 def _svg(fig: Any) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
@@ -182,7 +192,7 @@ def to_html(data: dict[str, Any]) -> str:
         f"<h1>Experiment {esc(g.experiment)}</h1>",
         f"<p>mode {esc(data['experiment'].mode)}; "
         f"production {esc(data['experiment'].production_model)}; "
-        f"range {esc(g.since.isoformat())} .. {esc(g.until.isoformat())}; "
+        f"range {esc(_since(g.since))} .. {esc(g.until.isoformat())}; "
         f"generated {esc(data['generated'].isoformat())}</p>",
         f"<p class='verdict {esc(g.verdict)}' id='verdict'>"
         f"Gate verdict: {esc(g.verdict.upper())}</p>",
@@ -261,7 +271,7 @@ def to_markdown(data: dict[str, Any], out: Path) -> str:
         f"# Experiment {g.experiment}: {g.verdict.upper()}",
         "",
         f"Mode {data['experiment'].mode}, production {data['experiment'].production_model}, "
-        f"range {g.since.isoformat()} .. {g.until.isoformat()}.",
+        f"range {_since(g.since)} .. {g.until.isoformat()}.",
         "",
         "| candidate | rule | observed | limit | outcome | detail |",
         "|---|---|---|---|---|---|",
