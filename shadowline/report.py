@@ -64,17 +64,24 @@ def _figures(
             ("p99_ms", "p99 latency, by arm", "ms"),
         ]
     else:
+        # The Grafana dashboard's panels, from the same view.
         sql = (
-            "SELECT minute, candidate_model, pairs, candidate_error_rate, agreement, "
-            "candidate_p99_ms FROM comparisons_minutely"
+            "SELECT minute, candidate_model, pairs, missing_rate, candidate_error_rate, "
+            "production_error_rate, agreement, mean_divergence, production_p50_ms, "
+            "production_p99_ms, candidate_p50_ms, candidate_p99_ms FROM comparisons_minutely"
         )
         rows = wh.query(f"{sql} WHERE {window} ORDER BY minute", params)
         key = "candidate_model"
         specs = [
             ("pairs", "Pairs per minute, by candidate", "pairs"),
+            ("missing_rate", "Missing rate (a side never arrived), by candidate", "share"),
             ("candidate_error_rate", "Candidate error rate", "share"),
+            ("production_error_rate", "Production error rate (on each candidate's pairs)", "share"),
             ("agreement", "Agreement with production", "share"),
+            ("mean_divergence", "Mean divergence from production", "divergence"),
+            ("candidate_p50_ms", "Candidate p50 latency", "ms"),
             ("candidate_p99_ms", "Candidate p99 latency", "ms"),
+            ("production_p99_ms", "Production p99 latency", "ms"),
         ]
     for column, title, unit in specs:
         series: dict[str, list[tuple[Any, float]]] = {}
@@ -82,6 +89,17 @@ def _figures(
             if r[column] is not None and r[column] == r[column]:
                 series.setdefault(str(r[key]), []).append((r["minute"], float(r[column])))
         out.append((title, _plot(series, title, unit)))
+    if not served:
+        shares = wh.query(
+            "SELECT minute, concat(candidate_model, ' / ', side, ' / label ', label) AS series, "
+            "share FROM output_labels_minutely WHERE " + window + " ORDER BY minute",
+            params,
+        )
+        drift: dict[str, list[tuple[Any, float]]] = {}
+        for r in shares:
+            drift.setdefault(r["series"], []).append((r["minute"], float(r["share"])))
+        title = "Output drift: share of each predicted label"
+        out.append((title, _plot(drift, title, "share")))
     weights = wh.query(
         "SELECT event_time, weight FROM rollout_timeline WHERE experiment = {e:String} "
         "AND event_time >= {s:DateTime64(3)} AND event_time < {u:DateTime64(3)} ORDER BY version",
