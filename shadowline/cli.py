@@ -304,15 +304,10 @@ def gate_serve(config_path: str, host: str, port: int) -> None:
     """Answer verdicts over HTTP: JSON for Argo Rollouts, status codes for Flagger."""
     from shadowline import gates
 
-    config = _load(config_path)
-    server = gates.make_server(config, host, port)
-    click.echo(f"gates on http://{host}:{port}/gates/EXPERIMENT (and /verdict)", err=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server = gates.make_server(_load(config_path), host, port)
+    _serve_until_interrupted(
+        server, f"gates on http://{host}:{port}/gates/EXPERIMENT (and /verdict)"
+    )
 
 
 # -- dashboard ----------------------------------------------------------------
@@ -328,7 +323,11 @@ def dashboard_cmd(config_path: str, host: str, port: int, refresh: int) -> None:
     from shadowline.dashboard import make_server
 
     server = make_server(_load(config_path), host, port, refresh)
-    click.echo(f"dashboard on http://{host}:{port}/", err=True)
+    _serve_until_interrupted(server, f"dashboard on http://{host}:{port}/")
+
+
+def _serve_until_interrupted(server: Any, banner: str) -> None:
+    click.echo(banner, err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
