@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench ci kafka-up kafka-down clean
+.PHONY: setup demo test lint check-deploy bench ci kafka-up kafka-down clean
 
 $(BIN)/shadowline: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy shadowline streams consumers
+
+check-deploy:  ## docker compose config + Grafana dashboard schema (needs Go)
+	deploy/check.sh
 
 bench: setup
 	$(BIN)/python bench/tap_overhead.py

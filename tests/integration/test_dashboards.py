@@ -43,6 +43,14 @@ def _dashboards() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((GRAFANA / "dashboards").glob("*.json"))]
 
 
+def _clickhouse_annotations(dash: dict) -> list[dict]:
+    return [
+        a
+        for a in dash["annotations"]["list"]
+        if a["datasource"]["type"] == "grafana-clickhouse-datasource"
+    ]
+
+
 def _sql(raw: str, experiment: str) -> str:
     sql = raw.replace("${experiment}", experiment)
     return re.sub(r"\$__timeFilter\((\w+)\)", lambda m: ALL_TIME.format(col=m.group(1)), sql)
@@ -70,6 +78,10 @@ def test_provisioning_files_are_in_grafanas_format() -> None:
     for panel in dash["panels"]:
         used = set(re.findall(r"FROM shadowline\.(\w+)", panel["targets"][0]["rawSql"]))
         assert used and used <= defined, (panel["title"], used)
+    for annotation in _clickhouse_annotations(dash):
+        assert annotation["target"]["datasource"]["uid"] == uid
+        used = set(re.findall(r"FROM shadowline\.(\w+)", annotation["target"]["rawSql"]))
+        assert used and used <= defined, (annotation["name"], used)
 
 
 def test_every_panel_returns_sane_rows_from_a_real_run(
@@ -124,5 +136,12 @@ def test_every_panel_returns_sane_rows_from_a_real_run(
                 assert {r["arm"] for r in result} == {"cand", "prod"}
             if panel["title"].startswith("Gate verdicts"):
                 assert result[0]["verdict"] == "pass" and result[0]["step"] == 2
+        # The rollout decisions are also marked on every time series as annotations.
+        (decisions,) = _clickhouse_annotations(dash)
+        marks = rows(config, _sql(decisions["target"]["rawSql"], "ramp"))
+        assert [(m["title"], m["text"]) for m in marks] == [
+            ("pass: weight 0.5, step 2", "promote: test")
+        ]
+        assert rows(config, _sql(decisions["target"]["rawSql"], "shadow")) == []
     finally:
         pipeline.stop()
