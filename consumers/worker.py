@@ -26,7 +26,7 @@ from typing import Any
 from consumers.deadletter import DeadLetters
 from consumers.loop import commit, flush_all, stop_on_signals, usable
 from shadowline import kafka
-from shadowline.config import SERVED_MODES, CandidateConfig, Config
+from shadowline.config import IN_PROCESS_MODES, SERVED_MODES, CandidateConfig, Config
 from shadowline.envelopes import Prediction, Request
 from shadowline.errors import DecodeError, KafkaError, describe
 from shadowline.metrics import ComponentMetrics
@@ -51,11 +51,12 @@ class WorkerStats:
 
 
 class CandidateRunner:
-    """One candidate: its model, its thread and its timeout."""
+    """One candidate (or the secondary): its model, its thread and its timeout."""
 
-    def __init__(self, cfg: CandidateConfig, model: Model) -> None:
+    def __init__(self, cfg: CandidateConfig, model: Model, role: str = "candidate") -> None:
         self.cfg = cfg
         self.model = model
+        self.role = role
         # One thread per candidate: a hung model blocks only itself, and the
         # calls queued behind it are cancelled when they time out.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cand-{cfg.name}")
@@ -107,14 +108,20 @@ class Worker:
         base = Path(config.source).resolve().parent if not config.source.startswith("<") else None
         self.runners: dict[str, list[CandidateRunner]] = {}
         # A/B and canary candidates serve real users through the router; their
-        # requests are judged from what was served, not scored again here.
-        self.served = {e.name for e in config.experiments if e.mode in SERVED_MODES}
+        # requests are judged from what was served, not scored again here. Interleave
+        # candidates run inside the serving process (shadowline.Interleave).
+        self.served = {
+            e.name for e in config.experiments if e.mode in SERVED_MODES + IN_PROCESS_MODES
+        }
         for exp in config.experiments:
             if exp.name in self.served:
                 continue
             self.runners[exp.name] = [
                 CandidateRunner(c, load_model(c.model, base)) for c in exp.candidates
             ]
+            if exp.secondary is not None:
+                model = load_model(exp.secondary.model, base)
+                self.runners[exp.name].append(CandidateRunner(exp.secondary, model, "secondary"))
         self._delivery_failed: str | None = None
         # Candidates score a batch side by side, so a slow one delays only itself.
         n = max(1, sum(len(r) for r in self.runners.values()))
@@ -206,25 +213,26 @@ class Worker:
             chunk = reqs[start : start + size]
             results = runner.run([r.inputs for r in chunk], stats)
             for req, (output, latency, error) in zip(chunk, results, strict=True):
-                self._produce(producer, topic, req, runner.cfg.name, output, latency, error, stats)
+                self._produce(producer, topic, req, runner, output, latency, error, stats)
         with self._stats_lock:
             self.stats.timeouts += stats.timeouts
             self.stats.errors += stats.errors
             self.stats.predictions += stats.predictions
 
     def _produce(
-        self, producer: Any, topic: str, req: Request, model: str, output: Any,
+        self, producer: Any, topic: str, req: Request, runner: CandidateRunner, output: Any,
         latency: float, error: str | None, stats: WorkerStats,
     ) -> None:  # fmt: skip
+        model, role = runner.cfg.name, runner.role
         pred = Prediction(
-            request_id=req.request_id, experiment=req.experiment, role="candidate", model=model,
+            request_id=req.request_id, experiment=req.experiment, role=role, model=model,
             output=output, latency_ms=latency, event_time=req.event_time, error=error,
         )  # fmt: skip
         try:
             value = pred.encode()
         except Exception as exc:  # an output that is not JSON-serialisable is a model error
             pred = Prediction(
-                request_id=req.request_id, experiment=req.experiment, role="candidate",
+                request_id=req.request_id, experiment=req.experiment, role=role,
                 model=model, output=None, latency_ms=latency, event_time=req.event_time,
                 error=f"{describe(exc)} (output could not be encoded)",
             )  # fmt: skip

