@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -149,13 +149,16 @@ def judge(
     drift: dict[str, Any] | None,
     production: dict[str, Any] | None = None,
     feedback: dict[str, Any] | None = None,
+    baseline: dict[str, Any] | None = None,
 ) -> list[RuleResult]:
     """The rules of ``gates`` on one candidate's figures (pure: no warehouse).
 
     Shadow figures are paired (both models answered the same requests). With
     ``production`` (A/B, canary: the production arm's own figures) the error-rate
     increase compares two independent samples, and the rules that need pairs
-    (agreement, divergence, output drift) do not apply.
+    (agreement, divergence, output drift) do not apply. With ``baseline`` (the
+    secondary's figures: production compared with itself) agreement and divergence
+    are judged in excess of it.
     """
     a = gates.alpha
     pairs = int(figures.get("pairs") or 0)
@@ -224,19 +227,33 @@ def judge(
     rules += _feedback_rules(gates, feedback or {}, paired=production is None)
     if production is not None:
         return rules
+    if baseline is not None:
+        rules += _noise_cancelled_rules(gates, figures, baseline, pairs)
+    else:
+        rules += _divergence_rules(gates, figures, pairs)
+    for rule, key in (("max_output_psi", "psi"), ("max_output_jsd", "jsd")):
+        limit = getattr(gates, rule)
+        if limit is not None:
+            observed = _num(drift.get(key)) if drift else None
+            n = int(drift.get("outputs") or 0) if drift else 0
+            rules.append(_point(rule, observed, limit, True, n, gates.min_samples))
+    return rules
+
+
+def _divergence_rules(gates: GateConfig, figures: dict[str, Any], pairs: int) -> list[RuleResult]:
+    rules = []
     if gates.min_agreement is not None:
         compared = int(figures.get("compared") or 0)
         agreed = int(figures.get("agreed") or 0)
         rules.append(
             _sequential(
                 "min_agreement",
-                stats.rate_test(agreed, compared, gates.min_agreement, a, fail_when="below")
-                if compared
-                else _empty(),
+                stats.rate_test(agreed, compared, gates.min_agreement, gates.alpha,
+                                fail_when="below") if compared else _empty(),
                 agreed / compared if compared else None,
                 gates.min_agreement,
             )
-        )
+        )  # fmt: skip
     if gates.max_mean_divergence is not None:
         rules.append(
             _point(
@@ -244,12 +261,53 @@ def judge(
                 gates.max_mean_divergence, True, pairs, gates.min_samples,
             )
         )  # fmt: skip
-    for rule, key in (("max_output_psi", "psi"), ("max_output_jsd", "jsd")):
-        limit = getattr(gates, rule)
-        if limit is not None:
-            observed = _num(drift.get(key)) if drift else None
-            n = int(drift.get("outputs") or 0) if drift else 0
-            rules.append(_point(rule, observed, limit, True, n, gates.min_samples))
+    return rules
+
+
+def _noise_cancelled_rules(
+    gates: GateConfig, figures: dict[str, Any], baseline: dict[str, Any], pairs: int
+) -> list[RuleResult]:
+    """Agreement and divergence judged in excess of production-versus-secondary.
+
+    A non-deterministic production model disagrees with itself; only the
+    candidate's disagreement beyond that is the candidate's own. Agreement passes
+    when ``disagreement(candidate) - disagreement(secondary) <= 1 - min_agreement``
+    (mSPRT on the difference of the two rates); mean divergence is judged as the
+    candidate's mean minus the secondary's.
+    """
+    rules = []
+    compared, agreed = int(figures.get("compared") or 0), int(figures.get("agreed") or 0)
+    b_compared = int(baseline.get("compared") or 0)
+    b_agreed = int(baseline.get("agreed") or 0)
+    base_note = (
+        f"in excess of production vs secondary (agreement {b_agreed / b_compared:.4g}, "
+        f"n={b_compared})"
+        if b_compared
+        else "no production-vs-secondary pairs yet"
+    )
+    if gates.min_agreement is not None:
+        excess, var = stats.independent_rate_difference(
+            compared - agreed, compared, b_compared - b_agreed, b_compared
+        )
+        result = (
+            stats.difference_test(excess, var, 1 - gates.min_agreement, gates.alpha, compared)
+            if compared and b_compared
+            else _empty()
+        )
+        rule = _sequential(
+            "min_agreement", result, 1 - excess if math.isfinite(excess) else None,
+            gates.min_agreement,
+        )  # fmt: skip
+        rules.append(replace(rule, detail=f"{rule.detail}; {base_note}"))
+    if gates.max_mean_divergence is not None:
+        mean_c = _num(figures.get("mean_divergence"))
+        mean_b = _num(baseline.get("mean_divergence"))
+        excess_div = mean_c - mean_b if mean_c is not None and mean_b is not None else None
+        rule = _point(
+            "max_mean_divergence", excess_div, gates.max_mean_divergence, True, pairs,
+            gates.min_samples,
+        )  # fmt: skip
+        rules.append(replace(rule, detail=f"{rule.detail}; {base_note}"))
     return rules
 
 
@@ -381,13 +439,35 @@ def evaluate(
     verdicts = []
     for name in [candidate] if candidate else names:
         fig = dict(figures.get(name) or {"candidate_model": name, "pairs": 0})
-        rules = judge(gates, fig, drift.get(name), feedback=labels.get(name))
+        base = figures.get(experiment.secondary.name) if experiment.secondary else None
+        if experiment.secondary:
+            base = base or {"compared": 0, "agreed": 0}
+            fig |= _baseline_figures(fig, base)
+        rules = judge(gates, fig, drift.get(name), feedback=labels.get(name), baseline=base)
         rules += [features] if features else []
         fig.update({f"feedback_{k}": v for k, v in labels.get(name, {}).items()})
         fig.update({k: drift[name][k] for k in ("psi", "jsd", "outputs")} if name in drift else {})
         verdicts.append(CandidateVerdict(name, overall(rules), rules, fig))
     verdict = overall([RuleResult("candidate", None, 0.0, v.verdict, "") for v in verdicts])
     return GateReport(experiment.name, start, end, verdict, verdicts)
+
+
+def _baseline_figures(fig: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The secondary's agreement and divergence beside the candidate's excess over them."""
+    out: dict[str, Any] = {}
+    c_n, b_n = int(fig.get("compared") or 0), int(base.get("compared") or 0)
+    if b_n:
+        out["baseline_agreement"] = int(base.get("agreed") or 0) / b_n
+    if c_n and b_n:
+        out["excess_disagreement"] = (1 - int(fig.get("agreed") or 0) / c_n) - (
+            1 - out["baseline_agreement"]
+        )
+    mean_c, mean_b = _num(fig.get("mean_divergence")), _num(base.get("mean_divergence"))
+    if mean_b is not None:
+        out["baseline_mean_divergence"] = mean_b
+    if mean_c is not None and mean_b is not None:
+        out["excess_divergence"] = mean_c - mean_b
+    return out
 
 
 def _evaluate_arms(
