@@ -24,7 +24,7 @@ MAX_NAME_LEN = 128
 MIN_EVENT_MS = 946_684_800_000
 MAX_LATENCY_MS = 86_400_000.0
 
-ROLES = ("production", "candidate", "secondary", "arm")
+ROLES = ("production", "candidate", "secondary", "arm", "interleaved")
 FEEDBACK_KINDS = ("label", "click", "conversion")
 STATUSES = (
     "matched",

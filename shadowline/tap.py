@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _BATCH = 512
 _FEEDBACK = object()  # tags feedback items in the send queue
+_PREDICTION = object()  # tags predictions recorded without a request (interleave)
 
 
 @dataclass
@@ -199,6 +200,41 @@ class Mirror:
             self.counters.last_error = describe(exc)
             return False
 
+    def record_prediction(
+        self,
+        *,
+        experiment: str,
+        request_id: str,
+        role: str,
+        model: str,
+        output: Any,
+        latency_ms: float,
+        error: str | BaseException | None = None,
+        event_time: int | None = None,
+    ) -> bool:
+        """Mirror one more model's answer for a request already ``record``-ed (used by
+        ``shadowline.Interleave``: candidates and the secondary run in process).
+        Like ``record``: sampled the same way, never raises, never blocks."""
+        try:
+            exp = self._experiments.get(experiment)
+            if exp is None:
+                self.counters.dropped_unknown_experiment += 1
+                return False
+            if not sampled(request_id, exp.sampling):
+                self.counters.sampled_out += 1
+                return False
+            if len(self._queue) >= self._max:
+                self.counters.dropped_queue_full += 1
+                return False
+            self._queue.append((_PREDICTION, experiment, request_id, role, model, output,
+                                latency_ms, error, event_time or now_ms()))  # fmt: skip
+            self.counters.recorded += 1
+            return True
+        except Exception as exc:
+            self.counters.rejected += 1
+            self.counters.last_error = describe(exc)
+            return False
+
     # -- background side -------------------------------------------------
 
     def _make_producer(self) -> Any:
@@ -237,6 +273,9 @@ class Mirror:
         if item[0] is _FEEDBACK:
             self._send_feedback(item)
             return
+        if item[0] is _PREDICTION:
+            self._send_prediction(item)
+            return
         (exp, request_id, inputs, output, latency_ms, model, unit_id, error, event_time, arm,
          arm_weight) = item  # fmt: skip
         try:
@@ -270,6 +309,21 @@ class Mirror:
             return
         self._produce(self._requests_topic, key, req_bytes)
         self._produce(self._predictions_topic, key, pred_bytes)
+
+    def _send_prediction(self, item: tuple[Any, ...]) -> None:
+        _, experiment, request_id, role, model, output, latency_ms, error, event_time = item
+        try:
+            pred = Prediction(
+                request_id=request_id, experiment=experiment, role=role, model=model,
+                output=output, latency_ms=max(0.0, float(latency_ms)), event_time=event_time,
+                error=describe(error) if isinstance(error, BaseException) else error,
+            )  # fmt: skip
+            value = pred.encode()
+        except Exception as exc:  # e.g. an output that is not JSON
+            self.counters.rejected += 1
+            self.counters.last_error = describe(exc)
+            return
+        self._produce(self._predictions_topic, request_id.encode(), value)
 
     def _send_feedback(self, item: tuple[Any, ...]) -> None:
         _, experiment, request_id, kind, value, event_time = item
