@@ -28,11 +28,13 @@ from shadowline.errors import Backpressure, DecodeError, WarehouseError
 from shadowline.metrics import ComponentMetrics
 from shadowline.warehouse import (
     FEEDBACK_COLUMNS,
+    INTERLEAVED_COLUMNS,
     REQUEST_COLUMNS,
     ROLLOUT_COLUMNS,
     SERVED_COLUMNS,
     Warehouse,
     feedback_row,
+    interleaved_row,
     request_row,
     rollout_row,
     served_row,
@@ -43,6 +45,7 @@ COLUMNS = {
     "rollout_events": ROLLOUT_COLUMNS,
     "feedback": FEEDBACK_COLUMNS,
     "requests": REQUEST_COLUMNS,
+    "interleaved": INTERLEAVED_COLUMNS,
 }
 
 log = logging.getLogger("shadowline.sink")
@@ -71,6 +74,9 @@ class Sink:
         self._extra: dict[str, list[list[Any]]] = defaultdict(list)
         self._production = {e.name: e.production_model for e in config.experiments}
         self._served = {e.name for e in config.experiments if e.mode in SERVED_MODES}
+        self._interleaved = {
+            e.name for e in config.experiments if e.mode == "interleave" and e.output == "ranking"
+        }
         # Requests are stored only where feature drift is gated: they double the rows.
         self.metrics = ComponentMetrics("sink")
         self._keep_requests = {
@@ -171,7 +177,7 @@ class Sink:
                 else:
                     self._remember(msg)
             else:
-                self._take_prediction(msg, ctype)
+                self._take_prediction(msg, ctype, dlq)
         except DecodeError as exc:
             self.metrics.decode_error(topic)
             if topic in (k.topic("predictions"), k.topic("requests")):
@@ -180,10 +186,20 @@ class Sink:
                 dlq.send(msg, f"{type(exc).__name__}: {exc.reason}")
                 self._remember(msg)
 
-    def _take_prediction(self, msg: Any, ctype: str | None) -> None:
+    def _take_prediction(self, msg: Any, ctype: str | None, dlq: DeadLetters) -> None:
         pred = Prediction.from_message(msg.key(), msg.value(), ctype)
         if pred.role == "arm" and pred.experiment in self._served:
             self.add_row("served", served_row(pred), msg)
+        elif pred.role == "interleaved" and pred.experiment in self._interleaved:
+            try:
+                row = interleaved_row(pred)
+            except ValueError as exc:
+                # The joiner passes interleaved records by, so the sink dead-letters them.
+                self.metrics.decode_error(msg.topic())
+                dlq.send(msg, f"ValueDecodeError: {exc}")
+                self._remember(msg)
+                return
+            self.add_row("interleaved", row, msg)
         else:
             self._remember(msg)
 
@@ -200,7 +216,7 @@ class Sink:
         producer = kafka.make_producer(k)
         dlq = DeadLetters(producer, k.topic("deadletter"), "sink")
         topics = [k.topic("comparisons"), k.topic("control"), k.topic("feedback")]
-        if self._served:
+        if self._served or self._interleaved:
             topics.append(k.topic("predictions"))
         if self._keep_requests:
             topics.append(k.topic("requests"))

@@ -201,6 +201,11 @@ class GateConfig(_Frozen):
     max_feature_psi: float | None = Field(None, gt=0)
     feature_reference_s: float = Field(3600.0, gt=0)
     max_accuracy_drop: float | None = Field(None, ge=0, lt=1)
+    # Team-draft interleaving (mode "interleave", output "ranking"): the candidate's
+    # share of decided requests (wins / (wins + losses)) must exceed this. 0.5 passes
+    # a candidate that users prefer to production, fails one they prefer less, and
+    # leaves an equal one inconclusive.
+    min_interleave_win_share: float | None = Field(0.5, gt=0, lt=1)
     max_conversion_rate_drop: float | None = Field(None, ge=0, lt=1)
 
     @model_validator(mode="before")

@@ -425,7 +425,8 @@ def evaluate(
         )
     }
     drift: dict[str, dict[str, Any]] = {}
-    if gates.max_output_psi is not None or gates.max_output_jsd is not None:
+    wants_drift = gates.max_output_psi is not None or gates.max_output_jsd is not None
+    if wants_drift and experiment.output != "text":  # free text has no bins
         rows = warehouse.query(named_query("output_drift", db), params)
         drift = {r["candidate_model"]: r for r in rows}
     features = _feature_rule(warehouse, experiment, start, end)
@@ -436,6 +437,7 @@ def evaluate(
             params | {"feedback_window_s": int(experiment.feedback_window_s)},
         )
         labels = {r["candidate_model"]: r for r in rows}
+    duels = _interleave_outcomes(warehouse, experiment, params)
     verdicts = []
     for name in [candidate] if candidate else names:
         fig = dict(figures.get(name) or {"candidate_model": name, "pairs": 0})
@@ -445,11 +447,56 @@ def evaluate(
             fig |= _baseline_figures(fig, base)
         rules = judge(gates, fig, drift.get(name), feedback=labels.get(name), baseline=base)
         rules += [features] if features else []
+        if duels is not None:
+            duel = duels.get(name, {})
+            rules.append(_interleave_rule(gates, duel))
+            fig.update({f"interleave_{k}": v for k, v in duel.items() if k != "candidate_model"})
         fig.update({f"feedback_{k}": v for k, v in labels.get(name, {}).items()})
         fig.update({k: drift[name][k] for k in ("psi", "jsd", "outputs")} if name in drift else {})
         verdicts.append(CandidateVerdict(name, overall(rules), rules, fig))
     verdict = overall([RuleResult("candidate", None, 0.0, v.verdict, "") for v in verdicts])
     return GateReport(experiment.name, start, end, verdict, verdicts)
+
+
+def _interleave_outcomes(
+    warehouse: Warehouse, experiment: ExperimentConfig, params: dict[str, Any]
+) -> dict[str, dict[str, Any]] | None:
+    """Wins, losses and ties per candidate from clicks on team-draft lists, or None
+    when the experiment is not an interleaved ranker (or the rule is off)."""
+    if not (
+        experiment.mode == "interleave"
+        and experiment.output == "ranking"
+        and experiment.gates.min_interleave_win_share is not None
+    ):
+        return None
+    rows = warehouse.query(
+        named_query("interleave_outcomes", warehouse.database),
+        params
+        | {
+            "production": experiment.production_model,
+            "feedback_window_s": int(experiment.feedback_window_s),
+        },
+    )
+    return {r["candidate_model"]: r for r in rows}
+
+
+def _interleave_rule(gates: GateConfig, duel: dict[str, Any]) -> RuleResult:
+    """Sign test of wins against losses, sequential like every rate rule: ties say
+    nothing about which model users prefer and are left out."""
+    limit = gates.min_interleave_win_share
+    assert limit is not None
+    wins, losses = int(duel.get("wins") or 0), int(duel.get("losses") or 0)
+    decided = wins + losses
+    result = (
+        stats.rate_test(wins, decided, limit, gates.alpha, fail_when="below")
+        if decided
+        else _empty()
+    )
+    rule = _sequential(
+        "min_interleave_win_share", result, wins / decided if decided else None, limit
+    )
+    note = f"{wins} wins, {losses} losses, {int(duel.get('ties') or 0)} ties"
+    return replace(rule, detail=f"{rule.detail}; {note}")
 
 
 def _baseline_figures(fig: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:

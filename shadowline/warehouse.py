@@ -63,6 +63,7 @@ ROLLOUT_COLUMNS = (
     "event_time", "experiment", "version", "step", "weights", "weight", "verdict", "reason",
 )  # fmt: skip
 FEEDBACK_COLUMNS = ("event_time", "experiment", "request_id", "kind", "value")
+INTERLEAVED_COLUMNS = ("event_time", "experiment", "request_id", "seed", "items", "teams")
 REQUEST_COLUMNS = (
     "event_time", "experiment", "request_id", "unit_id", "arm", "arm_weight", "inputs",
 )  # fmt: skip
@@ -80,6 +81,22 @@ def served_row(p: Prediction) -> list[Any]:
     rec = p._avro_record()
     return [rec["event_time"], p.experiment, p.request_id, p.model, rec["output"],
             p.latency_ms, p.error]  # fmt: skip
+
+
+def interleaved_row(p: Prediction) -> list[Any]:
+    """A team-draft merge (an ``interleaved`` prediction) as an ``interleaved`` row;
+    raises ``ValueError`` naming the field when the output is not one."""
+    out = p.output
+    if not isinstance(out, dict):
+        raise ValueError("interleaved output is not an object")
+    items, teams, seed = out.get("items"), out.get("teams"), out.get("seed")
+    if not isinstance(items, list) or not isinstance(teams, list) or len(items) != len(teams):
+        raise ValueError("interleaved output needs 'items' and 'teams' lists of equal length")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+        raise ValueError(f"interleaved output 'seed' {seed!r} is not an unsigned 64-bit integer")
+    rec = p._avro_record()
+    return [rec["event_time"], p.experiment, p.request_id, seed, [str(i) for i in items],
+            [str(t) for t in teams]]  # fmt: skip
 
 
 def rollout_row(c: Control, production: str | None) -> list[Any]:

@@ -359,8 +359,11 @@ def build_app(config: Config) -> faust.App:
         if exp is None:
             reject(batch, message, f"experiment {env.experiment!r} is not configured", owner)
             return
-        if exp.mode in SERVED_MODES or (isinstance(env, Prediction) and env.role == "arm"):
-            # Served arms (A/B, canary) are judged per arm from the warehouse, not paired.
+        if exp.mode in SERVED_MODES or (
+            isinstance(env, Prediction) and env.role in ("arm", "interleaved")
+        ):
+            # Served arms (A/B, canary) are judged per arm from the warehouse, and
+            # interleaved lists by their clicks there: neither is paired.
             stats.skipped += 1
             return
         if isinstance(env, Prediction) and env.role in ("candidate", "secondary"):

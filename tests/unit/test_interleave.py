@@ -7,6 +7,7 @@ a recorder with the tap's interface keeps what would be mirrored.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import Counter
@@ -318,3 +319,32 @@ def _write(tmp_path: Path, mode: str) -> Path:
     path = tmp_path / f"{mode}.toml"
     path.write_text(tomli_w.dumps(data))
     return path
+
+
+def test_aa_team_draft_with_sequential_sign_test_rarely_declares_a_winner() -> None:
+    """200 simulated A/A experiments (the same ranker twice, position-biased clicks),
+    the sign test looked at after every 50 requests up to 1,000: a false win (or
+    loss) must stay within alpha = 0.05 per direction, as the gates promise."""
+    from shadowline.stats import rate_test
+
+    rng = random.Random(11)
+    ranking = [f"d{i}" for i in range(10)]
+    false_wins = false_losses = 0
+    for run in range(200):
+        wins = losses = 0
+        outcome = "inconclusive"
+        for n in range(1, 1001):
+            merged, teams = team_draft({"prod": ranking, "cand": ranking}, seed_for(f"{run}-{n}"))
+            credit = Counter(
+                teams[i] for i in range(10) if rng.random() < 0.3 / (1 + i)
+            )  # position-biased clicks, independent of the team
+            wins += credit["cand"] > credit["prod"]
+            losses += credit["cand"] < credit["prod"]
+            if n % 50 == 0 and wins + losses:
+                outcome = rate_test(wins, wins + losses, 0.5, 0.05, fail_when="below").outcome
+                if outcome != "inconclusive":
+                    break
+        false_wins += outcome == "pass"
+        false_losses += outcome == "fail"
+    print(f"A/A: {false_wins} false wins, {false_losses} false losses in 200 runs")
+    assert false_wins <= 10 and false_losses <= 10, (false_wins, false_losses)

@@ -1,7 +1,8 @@
 -- Drift between the candidate's and production's outputs, per candidate: the predicted
 -- labels of both over the same requests, as a binned distribution, with the population
 -- stability index (shares floored at 1e-4 and renormalised) and the Jensen-Shannon
--- divergence (base 2, 0..1). Regression outputs are binned by production's deciles.
+-- divergence (base 2, 0..1). Regression outputs are binned by production's deciles,
+-- rankings by their top item. Text outputs have no bins (the gates skip this for them).
 -- Parameters: {experiment:String}, {candidate:String} ('' = every candidate),
 --   {since:DateTime64(3)}, {until:DateTime64(3)}
 WITH
@@ -21,9 +22,13 @@ WITH
     ),
     sides AS (
         SELECT a.candidate_model AS candidate_model, side,
-               if(a.output_type = 'regression',
-                  toString(arrayCount(e -> e < toFloat64OrZero(out), d.edges)),
-                  JSONExtractString(out, 'label')) AS bin
+               multiIf(a.output_type = 'regression',
+                       toString(arrayCount(e -> e < toFloat64OrZero(out), d.edges)),
+                       -- rankings: the top item (bare ID, or the first of 'items')
+                       a.output_type = 'ranking',
+                       if(JSONHas(out, 'items'), JSONExtractRaw(out, 'items', 1),
+                          JSONExtractRaw(out, 1)),
+                       JSONExtractString(out, 'label')) AS bin
         FROM answered AS a
         LEFT JOIN deciles AS d ON a.candidate_model = d.candidate_model
         ARRAY JOIN [a.production_output, a.candidate_output] AS out,
