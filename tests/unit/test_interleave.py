@@ -161,10 +161,11 @@ def test_a_raising_hanging_or_mutating_candidate_never_reaches_the_caller(
 
     def raises_and_mutates(x: dict) -> dict:
         x["v"] = "clobbered"
+        x["nested"]["tags"].append("clobbered")
         raise RuntimeError("candidate bug")
 
     config = _config(tmp_path, timeout_ms=50)
-    inputs = {"v": 1}
+    inputs = {"v": 1, "nested": {"tags": ["a"]}}
     inter = Interleave(
         config, "inter", control=lambda x: {"label": x["v"]},
         candidates={"a": hangs, "b": raises_and_mutates}, mirror=rec,  # type: ignore[arg-type]
@@ -172,8 +173,9 @@ def test_a_raising_hanging_or_mutating_candidate_never_reaches_the_caller(
     try:
         # Returns while candidate a is still blocked: the call cannot be waiting for it.
         assert inter(inputs, request_id="r1") == {"label": 1}
-        assert inputs == {"v": 1}  # b mutated its own copy
-        _wait(lambda: inter.counters.timeouts == 1, "the watchdog's timeout")
+        _wait(lambda: inter.counters.candidate_errors == 1, "b's error")
+        assert inputs == {"v": 1, "nested": {"tags": ["a"]}}  # b mutated its own copy
+        _wait(lambda: inter.counters.timeouts == 1, "a's timeout")
         _wait(lambda: inter.counters.candidate_errors == 1, "b's error")
         preds = {p["model"]: p for p in rec.predictions}
         assert preds["a"]["error"].startswith("TimeoutError: candidate 'a' did not answer within")
