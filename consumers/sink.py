@@ -29,12 +29,14 @@ from shadowline.metrics import ComponentMetrics
 from shadowline.warehouse import (
     FEEDBACK_COLUMNS,
     INTERLEAVED_COLUMNS,
+    MODEL_COLUMNS,
     REQUEST_COLUMNS,
     ROLLOUT_COLUMNS,
     SERVED_COLUMNS,
     Warehouse,
     feedback_row,
     interleaved_row,
+    model_rows,
     request_row,
     rollout_row,
     served_row,
@@ -209,6 +211,8 @@ class Sink:
         stop_on_signals(stop)
         k = self.config.kafka
         self.warehouse = Warehouse.open_owner(self.config)
+        # Which model is which, for the views (the secondary's baseline above all).
+        self.warehouse.insert("experiment_models", MODEL_COLUMNS, model_rows(self.config))
         server = None
         if self.config.warehouse.backend == "embedded":
             server = self.warehouse.serve_http()

@@ -100,6 +100,24 @@ def _figures(
             drift.setdefault(r["series"], []).append((r["minute"], float(r["share"])))
         title = "Output drift: share of each predicted label"
         out.append((title, _plot(drift, title, "share")))
+        # Noise cancellation (experiments with a secondary): the candidates' excess.
+        excess = wh.query(
+            "SELECT minute, candidate_model, excess_disagreement, excess_divergence "
+            "FROM excess_divergence_minutely WHERE " + window + " ORDER BY minute",
+            params,
+        )
+        for column, title in (
+            ("excess_disagreement", "Disagreement in excess of production vs secondary"),
+            ("excess_divergence", "Mean divergence in excess of production vs secondary"),
+        ):
+            series = {}
+            for r in excess:
+                if r[column] is not None and r[column] == r[column]:
+                    series.setdefault(r["candidate_model"], []).append(
+                        (r["minute"], float(r[column]))
+                    )
+            if series:
+                out.append((title, _plot(series, title, "excess")))
     weights = wh.query(
         "SELECT event_time, weight FROM rollout_timeline WHERE experiment = {e:String} "
         "AND event_time >= {s:DateTime64(3)} AND event_time < {u:DateTime64(3)} ORDER BY version",

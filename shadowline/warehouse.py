@@ -63,6 +63,7 @@ ROLLOUT_COLUMNS = (
     "event_time", "experiment", "version", "step", "weights", "weight", "verdict", "reason",
 )  # fmt: skip
 FEEDBACK_COLUMNS = ("event_time", "experiment", "request_id", "kind", "value")
+MODEL_COLUMNS = ("experiment", "model", "role", "mode", "output")
 INTERLEAVED_COLUMNS = ("event_time", "experiment", "request_id", "seed", "items", "teams")
 REQUEST_COLUMNS = (
     "event_time", "experiment", "request_id", "unit_id", "arm", "arm_weight", "inputs",
@@ -81,6 +82,17 @@ def served_row(p: Prediction) -> list[Any]:
     rec = p._avro_record()
     return [rec["event_time"], p.experiment, p.request_id, p.model, rec["output"],
             p.latency_ms, p.error]  # fmt: skip
+
+
+def model_rows(config: Config) -> list[list[Any]]:
+    """Every configured experiment's models with their roles (``experiment_models``)."""
+    out = []
+    for e in config.experiments:
+        models = [(e.production_model, "production")]
+        models += [(c.name, "candidate") for c in e.candidates]
+        models += [(e.secondary.name, "secondary")] if e.secondary else []
+        out += [[e.name, model, role, e.mode, e.output] for model, role in models]
+    return out
 
 
 def interleaved_row(p: Prediction) -> list[Any]:

@@ -26,6 +26,7 @@ SHADOW = {
         {"name": "echo", "model": "tests.fixtures.models:EchoModel"},
         {"name": "flip", "model": "tests.fixtures.models:FlipModel"},
     ],
+    "secondary": {"name": "prod-again", "model": "tests.fixtures.models:EchoModel"},
 }
 CANARY = {
     "name": "ramp",
@@ -105,7 +106,8 @@ def test_every_panel_returns_sane_rows_from_a_real_run(
                               output={"label": 1}, latency_ms=3.0, model=a.arm, arm=a.arm,
                               arm_weight=a.weight, error=error)  # fmt: skip
             assert mirror.flush(30) == 0
-        for table, n in (("comparisons_final", 600), ("served_final", 300), ("rollout_events", 1)):
+        # 300 requests x (2 candidates + the secondary)
+        for table, n in (("comparisons_final", 900), ("served_final", 300), ("rollout_events", 1)):
             sql = f"SELECT count() AS n FROM {table}"  # noqa: S608  fixed names
             wait_for(lambda sql=sql, n=n: rows(config, sql)[0]["n"] >= n,
                      60, f"{n} rows in {table}", pipeline)  # fmt: skip
@@ -128,7 +130,7 @@ def test_every_panel_returns_sane_rows_from_a_real_run(
                         assert value >= 0, (panel["title"], key, value)
             if panel["title"].startswith("Pairs per second"):
                 total = sum(r["pairs_per_s"] * 60 for r in result)
-                assert round(total) == 600  # 300 requests x 2 candidates
+                assert round(total) == 900  # 300 requests x (2 candidates + secondary)
             if panel["title"].startswith("Missing and error"):
                 assert all(r["missing_rate"] == 0 for r in result)
             if panel["title"].startswith("Served arms (A/B"):
@@ -136,6 +138,11 @@ def test_every_panel_returns_sane_rows_from_a_real_run(
                 assert {r["arm"] for r in result} == {"cand", "prod"}
             if panel["title"].startswith("Gate verdicts"):
                 assert result[0]["verdict"] == "pass" and result[0]["step"] == 2
+            if panel["title"].startswith("Noise cancellation"):
+                # echo agrees with production as the secondary does; flip never does.
+                excess = {r["candidate_model"]: r["excess_disagreement"] for r in result}
+                assert excess == {"echo": 0.0, "flip": 1.0}
+                assert all(r["baseline_disagreement"] == 0 for r in result)
         # The rollout decisions are also marked on every time series as annotations.
         (decisions,) = _clickhouse_annotations(dash)
         marks = rows(config, _sql(decisions["target"]["rawSql"], "ramp"))
