@@ -144,3 +144,11 @@ def register_router(router: Any, registry: CollectorRegistry | None = None) -> C
     collector = _CountersCollector("shadowline_router", "router", router)
     (registry or REGISTRY).register(collector)
     return collector
+
+
+def register_interleave(interleave: Any, registry: CollectorRegistry | None = None) -> Collector:
+    """Export an ``Interleave``'s counters (``shadowline_interleave_*``: candidate runs,
+    errors, timeouts, skipped as overloaded, merges) to a registry."""
+    collector = _CountersCollector("shadowline_interleave", "interleave", interleave)
+    (registry or REGISTRY).register(collector)
+    return collector

@@ -350,3 +350,28 @@ def test_aa_team_draft_with_sequential_sign_test_rarely_declares_a_winner() -> N
         false_losses += outcome == "fail"
     print(f"A/A: {false_wins} false wins, {false_losses} false losses in 200 runs")
     assert false_wins <= 10 and false_losses <= 10, (false_wins, false_losses)
+
+
+def test_counters_export_to_prometheus(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shadowline.metrics import register_interleave
+
+    rec = Recorder()
+
+    def broken(x: Any) -> Any:
+        raise KeyError("f3")
+
+    registry = CollectorRegistry()
+    with Interleave(
+        _config(tmp_path), "inter", control=len, candidates={"a": len, "b": broken},
+        mirror=rec,  # type: ignore[arg-type]
+    ) as inter:  # fmt: skip
+        register_interleave(inter, registry)
+        for i in range(5):
+            inter({"v": i})
+        _wait(lambda: inter.counters.candidate_runs == 10, "10 candidate runs")
+        text = generate_latest(registry).decode()
+    assert "shadowline_interleave_calls_total 5.0" in text
+    assert "shadowline_interleave_candidate_errors_total 5.0" in text
+    assert "shadowline_interleave_timeouts_total 0.0" in text
