@@ -35,3 +35,15 @@ def test_every_json_example_is_valid_and_matches_its_avro_bytes():
         from_json = cls.from_message(key, orjson.dumps(obj), "application/json")
         from_avro = cls.from_message(key, avro_examples[topic], "avro/binary")
         assert from_avro == from_json, topic
+
+
+def test_the_readme_shows_bytes_and_fingerprints_of_the_current_schemas():
+    from shadowline import codec
+
+    avro_examples = _avro_examples()
+    for topic, cls in CLASSES.items():
+        current = codec.schema(cls.kind).header
+        assert avro_examples[topic][:10] == current, f"{topic}: bytes of an older schema"
+        fingerprint = current[2:].hex()
+        flat = " ".join(README.split())
+        assert f"`{cls.__name__}` `{fingerprint}`" in flat, f"{cls.__name__} fingerprint"
