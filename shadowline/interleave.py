@@ -25,7 +25,9 @@ here raises into the caller except the control model's own exception.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 import hashlib
 import random
 import threading
@@ -267,6 +269,16 @@ class Interleave:
         except Exception as exc:
             self._internal(exc)
             return output
+
+    async def arank(
+        self, inputs: Any, *, request_id: str | None = None, unit_id: str | None = None
+    ) -> list[Any]:
+        """``rank()`` for asyncio services: the models and the wait for the
+        candidates run on a worker thread, so the event loop is never blocked."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, functools.partial(self.rank, inputs, request_id=request_id, unit_id=unit_id)
+        )
 
     # -- internals ---------------------------------------------------------
 

@@ -375,3 +375,39 @@ def test_counters_export_to_prometheus(tmp_path: Path) -> None:
     assert "shadowline_interleave_calls_total 5.0" in text
     assert "shadowline_interleave_candidate_errors_total 5.0" in text
     assert "shadowline_interleave_timeouts_total 0.0" in text
+
+
+def test_arank_keeps_the_event_loop_running_while_candidates_rank(tmp_path: Path) -> None:
+    import asyncio
+
+    rec = Recorder()
+    config = _config(tmp_path, output="ranking", timeout_ms=2000)
+    release = threading.Event()
+
+    def slow_candidate(x: Any) -> list[str]:
+        release.wait()
+        return ["b1", "b2"]
+
+    async def main(inter: Interleave) -> tuple[list[Any], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not release.is_set():
+                ticks += 1
+                if ticks == 20:
+                    release.set()  # the loop ran 20 times while rank() was waiting
+                await asyncio.sleep(0.001)
+
+        served, _ = await asyncio.gather(inter.arank({}, request_id="q"), ticker())
+        return served, ticks
+
+    with Interleave(
+        config, "inter", control=lambda x: ["p1", "p2"],
+        candidates={"a": slow_candidate, "b": slow_candidate}, mirror=rec,  # type: ignore[arg-type]
+    ) as inter:  # fmt: skip
+        served, ticks = asyncio.run(main(inter))
+    assert ticks >= 20
+    rankings = {"prod": ["p1", "p2"], "a": ["b1", "b2"], "b": ["b1", "b2"]}
+    assert served == team_draft(rankings, seed_for("q"), 2)[0]
+    assert inter.counters.merged == 1 and inter.counters.merge_exclusions == 0
