@@ -118,6 +118,21 @@ def _figures(
                     )
             if series:
                 out.append((title, _plot(series, title, "excess")))
+        duels = wh.query(
+            "SELECT minute, candidate_model, wins, losses FROM interleave_minutely WHERE "
+            + window
+            + " ORDER BY minute",
+            params,
+        )
+        if duels:
+            title = "Interleaving: wins and losses against production per minute"
+            series = {}
+            for r in duels:
+                for column in ("wins", "losses"):
+                    series.setdefault(f"{r['candidate_model']} {column}", []).append(
+                        (r["minute"], float(r[column]))
+                    )
+            out.append((title, _plot(series, title, "requests")))
     weights = wh.query(
         "SELECT event_time, weight FROM rollout_timeline WHERE experiment = {e:String} "
         "AND event_time >= {s:DateTime64(3)} AND event_time < {u:DateTime64(3)} ORDER BY version",

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from shadowline import Mirror, Router
+from shadowline import Interleave, Mirror, Router
 from shadowline.envelopes import Control, now_ms
 from shadowline.warehouse import DDL_DIR
 from tests.integration.helpers import produce, rows, start_pipeline, wait_for
@@ -33,6 +33,14 @@ CANARY = {
     "mode": "canary",
     "production_model": "prod",
     "candidates": [{"name": "cand", "model": "tests.fixtures.models:EchoModel"}],
+}
+RANKER = {
+    "name": "rank",
+    "mode": "interleave",
+    "output": "ranking",
+    "production_model": "prod",
+    "window_s": 5,
+    "candidates": [{"name": "alt", "model": "unused:in_process"}],
 }
 ALL_TIME = (
     "{col} >= toDateTime64('2000-01-01 00:00:00', 3) "
@@ -88,7 +96,7 @@ def test_provisioning_files_are_in_grafanas_format() -> None:
 def test_every_panel_returns_sane_rows_from_a_real_run(
     config_factory: Any, child_env, tmp_path
 ) -> None:
-    config, path = config_factory([SHADOW, CANARY])
+    config, path = config_factory([SHADOW, CANARY, RANKER])
     pipeline = start_pipeline(config, path, child_env, tmp_path / "logs")
     try:
         control = Control("ramp", {"cand": 0.5, "prod": 0.5}, 1, now_ms(), verdict="pass",
@@ -105,19 +113,33 @@ def test_every_panel_returns_sane_rows_from_a_real_run(
                 mirror.record(experiment="ramp", request_id=f"c{i}", inputs={"x": i},
                               output={"label": 1}, latency_ms=3.0, model=a.arm, arm=a.arm,
                               arm_weight=a.weight, error=error)  # fmt: skip
+            # An interleaved ranker: every user clicks the first item of the merged list.
+            alt = {"alt": lambda q: ["c", "b", "a"]}
+            ranker = Interleave(config, "rank", control=lambda q: ["a", "b", "c"],
+                                candidates=alt, mirror=mirror)  # fmt: skip
+            for i in range(40):
+                served = ranker.rank({"q": i}, request_id=f"q{i}")
+                mirror.feedback(experiment="rank", request_id=f"q{i}", kind="click",
+                                value=served[0])  # fmt: skip
+            assert ranker.flush(30) == 0
+            ranker.close()
             assert mirror.flush(30) == 0
         # 300 requests x (2 candidates + the secondary)
-        for table, n in (("comparisons_final", 900), ("served_final", 300), ("rollout_events", 1)):
+        for table, n in (("comparisons_final", 940), ("served_final", 300), ("rollout_events", 1),
+                         ("interleaved", 40), ("feedback", 40)):  # fmt: skip
             sql = f"SELECT count() AS n FROM {table}"  # noqa: S608  fixed names
             wait_for(lambda sql=sql, n=n: rows(config, sql)[0]["n"] >= n,
                      60, f"{n} rows in {table}", pipeline)  # fmt: skip
         (dash,) = _dashboards()
         variable = rows(config, dash["templating"]["list"][0]["query"])
-        assert [r["experiment"] for r in variable] == ["ramp", "shadow"]
+        assert [r["experiment"] for r in variable] == ["ramp", "rank", "shadow"]
         for panel in dash["panels"]:
+            title = panel["title"].lower()
             experiment = (
                 "ramp"
-                if ("arm" in panel["title"].lower() or "rollout" in panel["title"].lower())
+                if ("arm" in title or "rollout" in title)
+                else "rank"
+                if title.startswith("interleaving")
                 else "shadow"
             )
             result = rows(config, _sql(panel["targets"][0]["rawSql"], experiment))
@@ -138,6 +160,11 @@ def test_every_panel_returns_sane_rows_from_a_real_run(
                 assert {r["arm"] for r in result} == {"cand", "prod"}
             if panel["title"].startswith("Gate verdicts"):
                 assert result[0]["verdict"] == "pass" and result[0]["step"] == 2
+            if panel["title"].startswith("Interleaving"):
+                # One click per request, on the first item: whoever placed it wins.
+                assert sum(r["wins"] + r["losses"] for r in result) == 40
+                assert sum(r["ties"] for r in result) == 0
+                assert all(r["candidate_model"] == "alt" for r in result)
             if panel["title"].startswith("Noise cancellation"):
                 # echo agrees with production as the secondary does; flip never does.
                 excess = {r["candidate_model"]: r["excess_disagreement"] for r in result}
