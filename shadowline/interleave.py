@@ -29,13 +29,13 @@ import asyncio
 import copy
 import functools
 import hashlib
+import queue
 import random
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,62 @@ def team_draft(
         if not placed:
             break
     return merged, owners
+
+
+class _DaemonPool:
+    """Threads for the candidate calls, started as needed up to ``max_workers``.
+
+    Unlike ``concurrent.futures``, whose threads the interpreter joins at exit, these
+    are daemon threads: a candidate hung forever cannot keep the service from
+    shutting down.
+    """
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._max = max_workers
+        self._name = name
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._closed:
+            raise RuntimeError("the interleaver is closed")
+        with self._lock:
+            # A thread more when the queued work would outnumber the idle threads.
+            spawn = self._idle <= self._queue.qsize() and self._threads < self._max
+            if spawn:
+                self._threads += 1
+                n = self._threads
+        self._queue.put((fn, args))
+        if spawn:
+            threading.Thread(target=self._work, name=f"{self._name}_{n}", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except BaseException:  # noqa: S110  _run records every failure itself
+                pass
+
+    def shutdown(self) -> None:
+        """Stop the idle threads; busy (or hung) ones end with their call or the process."""
+        self._closed = True
+        with self._lock:
+            threads = self._threads
+        for _ in range(threads):
+            self._queue.put(None)
 
 
 class _Call:
@@ -206,9 +262,7 @@ class Interleave:
             slot.name: OrderedDict() for slot in self._slots
         }
         self._ids = 0
-        self._pool = ThreadPoolExecutor(
-            max_workers=max_in_flight * len(self._slots), thread_name_prefix="shadowline-interleave"
-        )
+        self._pool = _DaemonPool(max_in_flight * len(self._slots), "shadowline-interleave")
         # Requests whose candidates are still to be started. The caller only appends
         # here (no thread wake-up on its path); the background thread starts the
         # candidates within a millisecond. Bounded: beyond it, requests are skipped.
@@ -453,7 +507,7 @@ class Interleave:
         """Stop the background thread and the pool (hung candidates are abandoned)."""
         self._stop.set()
         self._background.join(timeout=1.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         if self._owns_mirror:
             self._mirror.close()
 

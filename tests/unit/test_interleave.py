@@ -411,3 +411,36 @@ def test_arank_keeps_the_event_loop_running_while_candidates_rank(tmp_path: Path
     rankings = {"prod": ["p1", "p2"], "a": ["b1", "b2"], "b": ["b1", "b2"]}
     assert served == team_draft(rankings, seed_for("q"), 2)[0]
     assert inter.counters.merged == 1 and inter.counters.merge_exclusions == 0
+
+
+def test_a_candidate_hung_forever_does_not_keep_the_process_from_exiting(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    config = _config(tmp_path)
+    script = f"""
+import threading
+from shadowline import Interleave
+from shadowline.config import load_config
+
+class Quiet:
+    def record(self, **kw): return True
+    def record_prediction(self, **kw): return True
+    def flush(self, timeout=0): return 0
+    def close(self): pass
+
+forever, started = threading.Event(), threading.Event()
+inter = Interleave(load_config({config.source!r}), "inter", control=len,
+                   candidates={{"a": lambda x: started.set() or forever.wait(), "b": len}},
+                   mirror=Quiet())
+print(inter({{"v": 1}}))
+assert started.wait(10)
+inter.close()
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
