@@ -220,7 +220,7 @@ class Interleave:
         *,
         secondary: Model | None = None,
         mirror: Mirror | None = None,
-        max_in_flight: int = 16,
+        max_in_flight: int = 64,
         copy_inputs: bool = True,
     ) -> None:
         exp = _interleave_experiment(config, experiment)
