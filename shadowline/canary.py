@@ -95,10 +95,7 @@ class Controller:
     """Runs one experiment's canary until it completes, rolls back, or is stopped."""
 
     def __init__(self, config: Config, experiment: str) -> None:
-        exp = next((e for e in config.experiments if e.name == experiment), None)
-        if exp is None:
-            known = ", ".join(e.name for e in config.experiments) or "none"
-            raise CanaryError(f"experiment {experiment!r} is not configured (configured: {known})")
+        exp = config.require_experiment(experiment, CanaryError)
         if exp.mode != "canary":
             raise CanaryError(
                 f"experiment {experiment!r} has mode {exp.mode!r}; canary run needs mode 'canary'"

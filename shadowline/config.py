@@ -327,6 +327,19 @@ class Config(_Frozen):
                 return exp
         return None
 
+    def require_experiment(
+        self, name: str, error: type[Exception] | None = None
+    ) -> ExperimentConfig:
+        """The experiment called ``name``; raises ``error`` (``ConfigError`` by default)
+        naming the file and the configured experiments when there is none."""
+        exp = self.experiment(name)
+        if exp is None:
+            known = ", ".join(e.name for e in self.experiments) or "none"
+            raise (error or ConfigError)(
+                f"experiment {name!r} is not in {self.source} (configured: {known})"
+            )
+        return exp
+
     def resolve_path(self, value: str) -> Path:
         """A path from the config, relative to the config file's folder."""
         path = Path(value).expanduser()

@@ -100,12 +100,15 @@ def make_server(
                 if not parts:
                     self._send(200, index_page(config, refresh_s))
                 elif len(parts) == 2 and parts[0] == "experiments":
+                    if config.experiment(parts[1]) is None:
+                        self._send(404, f"<p>no experiment {html.escape(parts[1])!r} in "
+                                        "the config: see <a href='/'>/</a></p>")  # fmt: skip
+                        return
                     window = gates.parse_duration(q["window"]) if q.get("window") else None
                     self._send(200, experiment_page(config, parts[1], window, refresh_s))
                 else:
                     self._send(404, "<p>not found: try <a href='/'>/</a></p>")
             except ShadowlineError as exc:
-                self._send(404 if "not configured" in str(exc) else 500,
-                           f"<p>error: {html.escape(str(exc))}</p>")  # fmt: skip
+                self._send(500, f"<p>error: {html.escape(str(exc))}</p>")
 
     return ThreadingHTTPServer((host, port), Handler)

@@ -196,7 +196,7 @@ def run_demo(demo_dir: Path, n_requests: int = 5000, quiet: bool = False) -> dic
                 named_query("candidate_summary", config.warehouse.database),
                 {"experiment": experiment},
             )
-            exp_cfg = next(e for e in config.experiments if e.name == experiment)
+            exp_cfg = config.require_experiment(experiment)
             report = gates.evaluate(wh, exp_cfg)
         finally:
             wh.close()

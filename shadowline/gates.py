@@ -485,6 +485,12 @@ def _interleave_rule(gates: GateConfig, duel: dict[str, Any]) -> RuleResult:
     nothing about which model users prefer and are left out."""
     limit = gates.min_interleave_win_share
     assert limit is not None
+    if not duel.get("impressions"):
+        return RuleResult(
+            "min_interleave_win_share", None, limit, "inconclusive",
+            "no team-draft lists in the range: serve them with Interleave.rank(), or set "
+            "gates.min_interleave_win_share = false for plain in-process interleave",
+        )  # fmt: skip
     wins, losses = int(duel.get("wins") or 0), int(duel.get("losses") or 0)
     decided = wins + losses
     result = (
@@ -651,12 +657,7 @@ def check(
     until: datetime | None = None,
 ) -> GateReport:
     """Open the configured warehouse and evaluate (``shadowline gate check``)."""
-    exp = next((e for e in config.experiments if e.name == experiment), None)
-    if exp is None:
-        known = ", ".join(e.name for e in config.experiments) or "none"
-        raise GateError(
-            f"experiment {experiment!r} is not in {config.source} (configured: {known})"
-        )
+    exp = config.require_experiment(experiment, GateError)
     warehouse = Warehouse.open_reader(config)
     try:
         return evaluate(warehouse, exp, candidate, window_s, since, until)

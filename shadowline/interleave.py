@@ -519,12 +519,7 @@ class Interleave:
 
 
 def _interleave_experiment(config: Config, name: str) -> ExperimentConfig:
-    exp = config.experiment(name)
-    if exp is None:
-        known = ", ".join(e.name for e in config.experiments) or "none"
-        raise ConfigError(
-            f"Interleave: experiment {name!r} is not configured (configured: {known})"
-        )
+    exp = config.require_experiment(name)
     if exp.mode != "interleave":
         raise ConfigError(
             f'Interleave: experiment {name!r} has mode {exp.mode!r}; set mode = "interleave"'

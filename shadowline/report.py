@@ -148,9 +148,7 @@ def build(
     config: Config, experiment: str, window_s: float | None = None, limit: int = 20
 ) -> dict[str, Any]:
     """Everything a report shows, gathered from the warehouse."""
-    exp = next((e for e in config.experiments if e.name == experiment), None)
-    if exp is None:
-        raise gates.GateError(f"experiment {experiment!r} is not configured")
+    exp = config.require_experiment(experiment, gates.GateError)
     wh = Warehouse.open_reader(config)
     try:
         report = gates.evaluate(wh, exp, window_s=window_s)

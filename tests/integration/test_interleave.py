@@ -85,7 +85,7 @@ def _clicks(served: list[str], relevant: list[str], rng: random.Random) -> list[
 def _report(config: Any, name: str) -> dict[str, Any]:
     wh = Warehouse.open_reader(config)
     try:
-        report = evaluate(wh, next(e for e in config.experiments if e.name == name))
+        report = evaluate(wh, config.require_experiment(name))
     finally:
         wh.close()
     return {c.candidate: {"verdict": c.verdict, "rules": {r.rule: r for r in c.rules},

@@ -276,7 +276,7 @@ def test_configuration_mistakes_are_named(tmp_path: Path) -> None:
     config = _config(tmp_path)
     with pytest.raises(ConfigError, match=r"missing \['b'\], not configured \['c'\]"):
         Interleave(config, "inter", control=len, candidates={"a": len, "c": len})
-    with pytest.raises(ConfigError, match="'nope' is not configured"):
+    with pytest.raises(ConfigError, match=r"'nope' is not in .*c\.toml \(configured: inter\)"):
         Interleave(config, "nope", control=len, candidates={})
     with pytest.raises(ConfigError, match="configures no"):
         Interleave(config, "inter", control=len, candidates={"a": len, "b": len}, secondary=len)
