@@ -9,6 +9,7 @@ would against a server.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -21,6 +22,8 @@ from urllib.parse import parse_qsl, urlsplit
 from shadowline.config import Config
 from shadowline.envelopes import Comparison, Control, Feedback, Prediction, Request
 from shadowline.errors import Backpressure, WarehouseError
+
+log = logging.getLogger(__name__)
 
 DDL_DIR = Path(__file__).resolve().parent.parent / "deploy" / "clickhouse"
 QUERY_DIR = DDL_DIR / "queries"
@@ -155,9 +158,44 @@ class Warehouse:
         warehouse = cls(config, client, owner=True)
         for stmt in ddl_statements(warehouse.database):
             warehouse.command(stmt)
+        warehouse.rekey_tables()
         # The database exists only now; unqualified names resolve in it from here on.
         client.database = warehouse.database
         return warehouse
+
+    def rekey_tables(self) -> list[str]:
+        """Bring tables made by an earlier version to the sorting key of their DDL.
+
+        ``CREATE TABLE IF NOT EXISTS`` leaves an existing table as it is, and a
+        ReplacingMergeTree's sorting key decides which rows are duplicates, so a key
+        that changed must be applied: the rows are copied into a table with the new
+        key, which then takes the old one's name. Returns the tables rebuilt.
+        """
+        db = self.database
+        rebuilt = []
+        for stmt in ddl_statements(db):
+            m = re.match(rf"CREATE TABLE IF NOT EXISTS {re.escape(db)}\.(\w+)", stmt)
+            key = re.search(r"ORDER BY \((.*?)\)", stmt)
+            if m is None or key is None:
+                continue
+            table, wanted = m.group(1), key.group(1).replace(" ", "")
+            found = self.query(
+                "SELECT sorting_key FROM system.tables WHERE database = {d:String} "
+                "AND name = {t:String}",
+                {"d": db, "t": table},
+            )
+            if not found or found[0]["sorting_key"].replace(" ", "") == wanted:
+                continue
+            log.warning("rebuilding %s.%s with sorting key (%s)", db, table, wanted)
+            self.command(stmt.replace(f"{db}.{table}", f"{db}.{table}__rekeyed", 1))
+            self.command(f"INSERT INTO {db}.{table}__rekeyed SELECT * FROM {db}.{table}")
+            self.command(
+                f"RENAME TABLE {db}.{table} TO {db}.{table}__old, "
+                f"{db}.{table}__rekeyed TO {db}.{table}"
+            )
+            self.command(f"DROP TABLE {db}.{table}__old")
+            rebuilt.append(table)
+        return rebuilt
 
     @classmethod
     def open_reader(cls, config: Config) -> Warehouse:

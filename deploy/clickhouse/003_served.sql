@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS {db}.rollout_events
 ENGINE = ReplacingMergeTree
 ORDER BY (experiment, version);
 
--- Labels, clicks and conversions by request.
+-- Labels, clicks and conversions by request. The value is part of the key: two clicks on
+-- one list in the same millisecond are two events; only exact replays collapse.
 CREATE TABLE IF NOT EXISTS {db}.feedback
 (
     event_time   DateTime64(3, 'UTC'),
@@ -50,4 +51,4 @@ CREATE TABLE IF NOT EXISTS {db}.feedback
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(event_time)
-ORDER BY (experiment, request_id, kind, event_time);
+ORDER BY (experiment, request_id, kind, event_time, value);

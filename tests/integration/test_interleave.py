@@ -115,8 +115,7 @@ def test_team_draft_interleaving_picks_the_better_ranker_and_no_aa_winner(
                     rid = f"{exp}-{n}"
                     served = inter.rank(query, request_id=rid)
                     assert len(served) == 10 and len(set(served)) == 10
-                    # One millisecond apart: the feedback table keeps one event per
-                    # (request, kind, time).
+                    # Users click in order, a millisecond apart.
                     at = now_ms()
                     for i, doc in enumerate(_clicks(served, query["relevant"], rng)):
                         clicks += 1

@@ -130,3 +130,34 @@ def test_server_backend_config_needs_a_reachable_server():
     with pytest.raises(WarehouseError) as err:
         Warehouse.open_reader(config)
     assert "secret" not in str(err.value)
+
+
+def test_a_table_from_an_older_version_is_rebuilt_with_the_new_key(owner):
+    """feedback's key gained `value` (two clicks in one millisecond are two events);
+    a warehouse made before that is rebuilt at start, keeping its rows."""
+    db = owner.database
+    owner.command(f"DROP TABLE {db}.feedback")
+    owner.command(
+        f"CREATE TABLE {db}.feedback (event_time DateTime64(3, 'UTC'), "
+        "experiment LowCardinality(String), request_id String, kind LowCardinality(String), "
+        "value String, inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(event_time) "
+        "ORDER BY (experiment, request_id, kind, event_time)"
+    )
+    t = now_ms()
+    cols = ["event_time", "experiment", "request_id", "kind", "value"]
+    owner.insert("feedback", cols, [[t, "wh", f"r{i}", "label", "1"] for i in range(50)])
+    assert owner.rekey_tables() == ["feedback"]
+    key = owner.query(
+        "SELECT sorting_key FROM system.tables WHERE database = {d:String} AND name = 'feedback'",
+        {"d": db},
+    )
+    assert key[0]["sorting_key"] == "experiment, request_id, kind, event_time, value"
+    assert owner.query(f"SELECT count() AS n FROM {db}.feedback FINAL")[0]["n"] == 50
+    # Two clicks on one list in the same millisecond now stay two; a replay still collapses.
+    clicks = [[t, "wh", "q", "click", '"a"'], [t, "wh", "q", "click", '"b"']]
+    owner.insert("feedback", cols, clicks)
+    owner.insert("feedback", cols, clicks[:1])
+    n = owner.query(f"SELECT count() AS n FROM {db}.feedback FINAL WHERE request_id = 'q'")
+    assert n[0]["n"] == 2
+    assert owner.rekey_tables() == []  # nothing left to do on the next start
