@@ -43,7 +43,7 @@ from shadowline.config import Config, ExperimentConfig
 from shadowline.divergence import OutputError, ranking
 from shadowline.envelopes import now_ms
 from shadowline.errors import ConfigError, describe
-from shadowline.tap import Mirror
+from shadowline.tap import Mirror, sampled
 
 Model = Callable[[Any], Any]
 
@@ -60,6 +60,8 @@ class InterleaveCounters:
     late_results: int = 0
     # not started: the model already had max_in_flight calls running
     skipped_overloaded: int = 0
+    # requests outside the experiment's `sampling`: only the control ran
+    sampled_out: int = 0
     merged: int = 0
     # candidate rankings left out of a merge (timed out, failed or malformed)
     merge_exclusions: int = 0
@@ -285,7 +287,9 @@ class Interleave:
         output, _ = self._call_control(inputs, rid, unit_id, event_time)
         try:
             self.counters.calls += 1
-            if len(self._inbox) >= self._max_inbox:
+            if not sampled(rid, self.experiment.sampling):
+                self.counters.sampled_out += 1  # not mirrored: no candidate runs either
+            elif len(self._inbox) >= self._max_inbox:
                 self.counters.skipped_overloaded += len(self._slots)
             else:
                 # One copy on this thread protects the caller's object; the
@@ -307,6 +311,11 @@ class Interleave:
         """
         rid = request_id or uuid.uuid4().hex
         event_time = now_ms()
+        if not sampled(rid, self.experiment.sampling):
+            # Not mirrored, so a merge could never be judged: serve the control.
+            self.counters.calls += 1
+            self.counters.sampled_out += 1
+            return self._call_control(inputs, rid, unit_id, event_time)[0]  # type: ignore[no-any-return]
         calls: dict[str, _Call] = {}
         try:
             self.counters.calls += 1

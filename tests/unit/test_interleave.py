@@ -444,3 +444,28 @@ inter.close()
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1"
+
+
+def test_candidates_run_only_for_sampled_requests(tmp_path: Path) -> None:
+    from shadowline.tap import sampled
+
+    rec = Recorder()
+    config = _config(tmp_path, sampling=0.25)
+    ran = Counter()
+
+    def counted(x: dict) -> int:
+        ran[x["i"]] += 1
+        return 0
+
+    rids = [f"r{i}" for i in range(400)]
+    expected = {i for i, rid in enumerate(rids) if sampled(rid, 0.25)}
+    with Interleave(
+        config, "inter", control=lambda x: x["i"], candidates={"a": counted, "b": counted},
+        mirror=rec,  # type: ignore[arg-type]
+    ) as inter:  # fmt: skip
+        assert [inter({"i": i}, request_id=rid) for i, rid in enumerate(rids)] == list(range(400))
+        _wait(lambda: sum(ran.values()) == 2 * len(expected), "the sampled requests' candidates")
+        inter.flush(5)
+    assert 60 < len(expected) < 140  # about a quarter
+    assert set(ran) == expected and all(n == 2 for n in ran.values())
+    assert inter.counters.sampled_out == 400 - len(expected)
