@@ -151,15 +151,8 @@ class Mirror:
         counted and the call returns False.
         """
         try:
-            exp = self._experiments.get(experiment)
+            exp = self._admit(experiment, request_id)
             if exp is None:
-                self.counters.dropped_unknown_experiment += 1
-                return False
-            if not sampled(request_id, exp.sampling):
-                self.counters.sampled_out += 1
-                return False
-            if len(self._queue) >= self._max:
-                self.counters.dropped_queue_full += 1
                 return False
             self._queue.append(
                 (exp, request_id, dict(inputs), output, latency_ms, model, unit_id, error,
@@ -171,6 +164,21 @@ class Mirror:
             self.counters.rejected += 1
             self.counters.last_error = describe(exc)
             return False
+
+    def _admit(self, experiment: str, request_id: str | None) -> ExperimentConfig | None:
+        """The experiment if a message for it may be queued now (sampled by
+        ``request_id`` when given), else None with the reason counted."""
+        exp = self._experiments.get(experiment)
+        if exp is None:
+            self.counters.dropped_unknown_experiment += 1
+            return None
+        if request_id is not None and not sampled(request_id, exp.sampling):
+            self.counters.sampled_out += 1
+            return None
+        if len(self._queue) >= self._max:
+            self.counters.dropped_queue_full += 1
+            return None
+        return exp
 
     def feedback(
         self,
@@ -185,11 +193,7 @@ class Mirror:
         click, conversion; ``value``: any JSON value, e.g. the true label, the clicked
         item, the conversion amount). Like ``record``: never raises, never blocks."""
         try:
-            if experiment not in self._experiments:
-                self.counters.dropped_unknown_experiment += 1
-                return False
-            if len(self._queue) >= self._max:
-                self.counters.dropped_queue_full += 1
+            if self._admit(experiment, None) is None:
                 return False
             self._queue.append((_FEEDBACK, experiment, request_id, kind, value,
                                 event_time or now_ms()))  # fmt: skip
@@ -216,15 +220,8 @@ class Mirror:
         ``shadowline.Interleave``: candidates and the secondary run in process).
         Like ``record``: sampled the same way, never raises, never blocks."""
         try:
-            exp = self._experiments.get(experiment)
+            exp = self._admit(experiment, request_id)
             if exp is None:
-                self.counters.dropped_unknown_experiment += 1
-                return False
-            if not sampled(request_id, exp.sampling):
-                self.counters.sampled_out += 1
-                return False
-            if len(self._queue) >= self._max:
-                self.counters.dropped_queue_full += 1
                 return False
             self._queue.append((_PREDICTION, experiment, request_id, role, model, output,
                                 latency_ms, error, event_time or now_ms()))  # fmt: skip
