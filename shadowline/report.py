@@ -46,6 +46,17 @@ def _plot(series: dict[str, list[tuple[Any, float]]], title: str, ylabel: str) -
     return fig
 
 
+def _series(
+    rows: list[dict[str, Any]], column: str, name: Any
+) -> dict[str, list[tuple[Any, float]]]:
+    """Plot series of ``column`` over ``minute``, one per ``name(row)``; NaN and None skipped."""
+    series: dict[str, list[tuple[Any, float]]] = {}
+    for r in rows:
+        if r[column] is not None and r[column] == r[column]:
+            series.setdefault(name(r), []).append((r["minute"], float(r[column])))
+    return series
+
+
 def _figures(
     wh: Warehouse, experiment: str, served: bool, since: Any, until: Any
 ) -> list[tuple[str, Any]]:
@@ -84,10 +95,7 @@ def _figures(
             ("production_p99_ms", "Production p99 latency", "ms"),
         ]
     for column, title, unit in specs:
-        series: dict[str, list[tuple[Any, float]]] = {}
-        for r in rows:
-            if r[column] is not None and r[column] == r[column]:
-                series.setdefault(str(r[key]), []).append((r["minute"], float(r[column])))
+        series = _series(rows, column, lambda r: str(r[key]))
         out.append((title, _plot(series, title, unit)))
     if not served:
         shares = wh.query(
@@ -95,9 +103,7 @@ def _figures(
             "share FROM output_labels_minutely WHERE " + window + " ORDER BY minute",
             params,
         )
-        drift: dict[str, list[tuple[Any, float]]] = {}
-        for r in shares:
-            drift.setdefault(r["series"], []).append((r["minute"], float(r["share"])))
+        drift = _series(shares, "share", lambda r: r["series"])
         title = "Output drift: share of each predicted label"
         out.append((title, _plot(drift, title, "share")))
         # Noise cancellation (experiments with a secondary): the candidates' excess.
@@ -110,12 +116,7 @@ def _figures(
             ("excess_disagreement", "Disagreement in excess of production vs secondary"),
             ("excess_divergence", "Mean divergence in excess of production vs secondary"),
         ):
-            series = {}
-            for r in excess:
-                if r[column] is not None and r[column] == r[column]:
-                    series.setdefault(r["candidate_model"], []).append(
-                        (r["minute"], float(r[column]))
-                    )
+            series = _series(excess, column, lambda r: r["candidate_model"])
             if series:
                 out.append((title, _plot(series, title, "excess")))
         duels = wh.query(
@@ -127,11 +128,8 @@ def _figures(
         if duels:
             title = "Interleaving: wins and losses against production per minute"
             series = {}
-            for r in duels:
-                for column in ("wins", "losses"):
-                    series.setdefault(f"{r['candidate_model']} {column}", []).append(
-                        (r["minute"], float(r[column]))
-                    )
+            for column in ("wins", "losses"):
+                series |= _series(duels, column, lambda r, c=column: f"{r['candidate_model']} {c}")
             out.append((title, _plot(series, title, "requests")))
     weights = wh.query(
         "SELECT event_time, weight FROM rollout_timeline WHERE experiment = {e:String} "
