@@ -427,9 +427,12 @@ class Interleave:
         inbox = self._inbox
         while inbox:
             inputs, rid, event_time = inbox.popleft()
-            for slot in self._slots:
+            last = len(self._slots) - 1
+            for i, slot in enumerate(self._slots):
+                # The queued copy is nobody else's: the last model may have it.
+                own = _copy(inputs) if self._copy and i < last else inputs
                 try:
-                    self._submit(slot, _copy(inputs) if self._copy else inputs, rid, event_time)
+                    self._submit(slot, own, rid, event_time)
                 except Exception as exc:
                     self._internal(exc)
 

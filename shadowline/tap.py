@@ -161,9 +161,13 @@ class Mirror:
             self.counters.recorded += 1
             return True
         except Exception as exc:  # the serving path must never see our failures
-            self.counters.rejected += 1
-            self.counters.last_error = describe(exc)
-            return False
+            return self._reject(exc)
+
+    def _reject(self, exc: Exception) -> bool:
+        """Count a call that failed inside the tap; the caller gets False, never ``exc``."""
+        self.counters.rejected += 1
+        self.counters.last_error = describe(exc)
+        return False
 
     def _admit(self, experiment: str, request_id: str | None) -> ExperimentConfig | None:
         """The experiment if a message for it may be queued now (sampled by
@@ -200,9 +204,7 @@ class Mirror:
             self.counters.recorded += 1
             return True
         except Exception as exc:
-            self.counters.rejected += 1
-            self.counters.last_error = describe(exc)
-            return False
+            return self._reject(exc)
 
     def record_prediction(
         self,
@@ -228,9 +230,7 @@ class Mirror:
             self.counters.recorded += 1
             return True
         except Exception as exc:
-            self.counters.rejected += 1
-            self.counters.last_error = describe(exc)
-            return False
+            return self._reject(exc)
 
     # -- background side -------------------------------------------------
 
