@@ -2,9 +2,11 @@
 
 A consumer-group member on ``requests``. Each poll returns a batch; requests are
 grouped by experiment and each candidate is called on chunks of up to its
-``batch_size`` inputs in a thread with a timeout. An exception or a timeout
-becomes an error prediction for the affected requests (a failing batch is
-retried one input at a time so one bad input does not fail its neighbours).
+``batch_size`` inputs, on call slots of its own with a timeout. What is recorded
+for a request is what calling the model with that request alone would give: a
+batch that fails or times out is re-run one input at a time, so an exception or a
+timeout becomes an error prediction for the inputs at fault only, and the latency
+probes (a share of requests called alone) give the gates per-request latencies.
 Offsets are committed only after every prediction of the batch is acknowledged
 by Kafka, so a crash replays rather than loses (at-least-once; the joiner
 ignores duplicates).
@@ -12,22 +14,23 @@ ignores duplicates).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from consumers.deadletter import DeadLetters
 from consumers.loop import commit, flush_all, stop_on_signals, usable
 from shadowline import kafka
+from shadowline.calls import Call, ModelCalls
 from shadowline.config import IN_PROCESS_MODES, SERVED_MODES, CandidateConfig, Config
-from shadowline.envelopes import Prediction, Request
+from shadowline.envelopes import BATCH_SHARE, REQUEST, Prediction, Request
 from shadowline.errors import DecodeError, KafkaError, describe
 from shadowline.metrics import ComponentMetrics
 from shadowline.models import Model, load_model
@@ -45,57 +48,136 @@ class WorkerStats:
     predictions: int = 0
     errors: int = 0
     timeouts: int = 0
+    # calls refused because every call slot was held by running (hung) calls
+    saturated: int = 0
+    # batches re-run one input at a time after failing or timing out as a batch
+    batch_retries: int = 0
     dead_lettered: int = 0
     batches: int = 0
     served_skipped: int = 0  # requests of A/B and canary experiments
 
 
+class Outcome(NamedTuple):
+    """What one request got from one model: output or error, latency and its kind."""
+
+    output: Any
+    latency_ms: float
+    error: str | None
+    timing: str  # "request": timed on this request alone; "batch_share": batch time / size
+
+
+def is_probe(request_id: str, share: float) -> bool:
+    """Whether a request is a latency probe (deterministic: replays pick the same ones).
+
+    Salted so the choice is independent of the tap's ``sampling`` (CRC-32 of the ID).
+    """
+    if share >= 1.0:
+        return True
+    if share <= 0.0:
+        return False
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8, person=b"sl-probe").digest()
+    return int.from_bytes(digest, "big") < share * 18_446_744_073_709_551_616
+
+
 class CandidateRunner:
-    """One candidate (or the secondary): its model, its thread and its timeout."""
+    """One candidate (or the secondary): its model, its call slots and its timeouts.
+
+    What is recorded for a request is what calling the model with that request alone
+    would give. Inputs are scored in batches; a batch that raises, times out or
+    returns the wrong number of outputs is re-run one input at a time (``concurrency``
+    at once, each with its own ``timeout_ms``), so only the inputs at fault become
+    errors. A deterministic share of requests (``latency_probe_share``) is called
+    alone, one at a time, so the latency the gates judge is what serving one request
+    costs; the batched rows carry their batch's time divided by its size, marked
+    ``batch_share``.
+    """
 
     def __init__(self, cfg: CandidateConfig, model: Model, role: str = "candidate") -> None:
         self.cfg = cfg
         self.model = model
         self.role = role
-        # One thread per candidate: a hung model blocks only itself, and the
-        # calls queued behind it are cancelled when they time out.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cand-{cfg.name}")
+        self._calls = ModelCalls(model.predict_batch, cfg.max_in_flight, f"cand-{cfg.name}")
+        self._timeout_s = cfg.timeout_ms / 1000.0
+        self._batch_timeout_s = (cfg.batch_timeout_ms or cfg.timeout_ms) / 1000.0
 
-    def _call(self, inputs: Sequence[dict[str, Any]]) -> tuple[list[Any], float]:
-        start = time.perf_counter()
-        outputs = self.model.predict_batch(inputs)
-        return outputs, (time.perf_counter() - start) * 1000.0
+    def run(self, requests: Sequence[Request], stats: WorkerStats) -> list[Outcome]:
+        """One outcome per request, in order. Never raises."""
+        share = self.cfg.latency_probe_share
+        probes = [i for i, r in enumerate(requests) if is_probe(r.request_id, share)]
+        chosen = set(probes)
+        batched = [i for i in range(len(requests)) if i not in chosen]
+        results: list[Outcome | None] = [None] * len(requests)
+        if len(batched) > 1:
+            self._batch(requests, batched, results, stats)
+        else:
+            probes = batched + probes
+        # Probes one at a time: nothing else of this model runs beside them.
+        self._alone(requests, probes, results, stats, concurrency=1)
+        out = [r for r in results if r is not None]
+        assert len(out) == len(requests)
+        return out
 
-    def run(
-        self, inputs: Sequence[dict[str, Any]], stats: WorkerStats
-    ) -> list[tuple[Any, float, str | None]]:
-        """(output, latency_ms, error) per input, in order. Never raises."""
-        timeout_s = self.cfg.timeout_ms / 1000.0
-        fut: Future[tuple[list[Any], float]] = self._pool.submit(self._call, inputs)
-        try:
-            outputs, elapsed = fut.result(timeout=timeout_s)
-        except FutureTimeout:
-            fut.cancel()
-            stats.timeouts += len(inputs)
-            error = (
-                f"TimeoutError: candidate {self.cfg.name!r} took longer than "
-                f"{self.cfg.timeout_ms:g} ms"
-            )
-            return [(None, self.cfg.timeout_ms, error)] * len(inputs)
-        except Exception as exc:
-            if len(inputs) > 1:
-                # Find out which inputs fail rather than blaming the whole batch.
-                out: list[tuple[Any, float, str | None]] = []
-                for item in inputs:
-                    out.extend(self.run([item], stats))
-                return out
-            return [(None, 0.0, describe(exc))]
-        # A batch call's time is shared by its inputs (amortised per request).
-        per = elapsed / len(inputs)
-        return [(o, per, None) for o in outputs]
+    def _batch(
+        self, requests: Sequence[Request], idx: list[int], results: list[Outcome | None],
+        stats: WorkerStats,
+    ) -> None:  # fmt: skip
+        inputs = [requests[i].inputs for i in idx]
+        call = self._calls.start(inputs, wait_s=self._batch_timeout_s)
+        if call is not None and call.wait(self._batch_timeout_s) and call.error is None:
+            outputs = call.result
+            if isinstance(outputs, list) and len(outputs) == len(idx):
+                per = call.elapsed_ms / len(idx)
+                for i, output in zip(idx, outputs, strict=True):
+                    results[i] = Outcome(output, per, None, BATCH_SHARE)
+                return
+        stats.batch_retries += 1
+        # Failed, late or malformed as a batch: find the inputs at fault.
+        self._alone(requests, idx, results, stats, concurrency=self.cfg.concurrency)
+
+    def _alone(
+        self, requests: Sequence[Request], idx: list[int], results: list[Outcome | None],
+        stats: WorkerStats, concurrency: int,
+    ) -> None:  # fmt: skip
+        todo = list(reversed(idx))
+        patient = True
+        while todo:
+            wave: list[tuple[int, Call | None]] = []
+            while todo and len(wave) < concurrency:
+                i = todo.pop()
+                # Only a wave's first call waits for a slot (the others start if one is
+                # free, else in the next wave), and only until a wait has been in vain:
+                # a hung model must not hold the worker for timeout_ms per input.
+                wait = self._timeout_s if not wave and patient else 0.0
+                call = self._calls.start([requests[i].inputs], wait_s=wait)
+                if call is None and wave:
+                    todo.append(i)
+                    break
+                patient = patient and call is not None
+                wave.append((i, call))
+            for i, call in wave:
+                results[i] = self._single_outcome(call, stats)
+
+    def _single_outcome(self, call: Call | None, stats: WorkerStats) -> Outcome:
+        name = self.cfg.name
+        if call is None:
+            stats.saturated += 1
+            return Outcome(None, 0.0, self._calls.saturated_error(self.role, name), REQUEST)
+        if not call.wait(self._timeout_s):
+            stats.timeouts += 1
+            limit = self.cfg.timeout_ms
+            error = f"TimeoutError: {self.role} {name!r} took longer than {limit:g} ms"
+            return Outcome(None, self.cfg.timeout_ms, error, REQUEST)
+        if call.error is not None:
+            return Outcome(None, call.elapsed_ms, call.error, REQUEST)
+        outputs = call.result
+        if not isinstance(outputs, list) or len(outputs) != 1:
+            got = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
+            error = f"ValueError: {name} returned {got} outputs for 1 input"
+            return Outcome(None, call.elapsed_ms, error, REQUEST)
+        return Outcome(outputs[0], call.elapsed_ms, None, REQUEST)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._calls.close()
 
 
 class Worker:
@@ -211,29 +293,29 @@ class Worker:
         stats = WorkerStats()
         for start in range(0, len(reqs), size):
             chunk = reqs[start : start + size]
-            results = runner.run([r.inputs for r in chunk], stats)
-            for req, (output, latency, error) in zip(chunk, results, strict=True):
-                self._produce(producer, topic, req, runner, output, latency, error, stats)
+            for req, outcome in zip(chunk, runner.run(chunk, stats), strict=True):
+                self._produce(producer, topic, req, runner, outcome, stats)
         with self._stats_lock:
-            self.stats.timeouts += stats.timeouts
-            self.stats.errors += stats.errors
-            self.stats.predictions += stats.predictions
+            for name in ("timeouts", "errors", "predictions", "saturated", "batch_retries"):
+                setattr(self.stats, name, getattr(self.stats, name) + getattr(stats, name))
 
     def _produce(
-        self, producer: Any, topic: str, req: Request, runner: CandidateRunner, output: Any,
-        latency: float, error: str | None, stats: WorkerStats,
+        self, producer: Any, topic: str, req: Request, runner: CandidateRunner,
+        outcome: Outcome, stats: WorkerStats,
     ) -> None:  # fmt: skip
         model, role = runner.cfg.name, runner.role
         pred = Prediction(
             request_id=req.request_id, experiment=req.experiment, role=role, model=model,
-            output=output, latency_ms=latency, event_time=req.event_time, error=error,
+            output=outcome.output, latency_ms=outcome.latency_ms, event_time=req.event_time,
+            error=outcome.error, timing=outcome.timing,
         )  # fmt: skip
         try:
             value = pred.encode()
         except Exception as exc:  # an output that is not JSON-serialisable is a model error
             pred = Prediction(
                 request_id=req.request_id, experiment=req.experiment, role=role,
-                model=model, output=None, latency_ms=latency, event_time=req.event_time,
+                model=model, output=None, latency_ms=outcome.latency_ms,
+                event_time=req.event_time, timing=outcome.timing,
                 error=f"{describe(exc)} (output could not be encoded)",
             )  # fmt: skip
             value = pred.encode()

@@ -160,6 +160,22 @@ class CandidateConfig(_Frozen):
     model: str = Field(min_length=1)
     timeout_ms: float = Field(1000.0, gt=0)
     batch_size: int = Field(32, ge=1, le=100_000)
+    # A batch call's timeout (default: timeout_ms). A batch that times out or raises
+    # is re-run one input at a time, each with timeout_ms, so only the inputs at
+    # fault are recorded as errors.
+    batch_timeout_ms: float | None = Field(None, gt=0)
+    # Inputs re-run one at a time run this many at once (1: a model that is not
+    # thread-safe).
+    concurrency: int = Field(8, ge=1, le=1024)
+    # Calls of this model that may exist at once, counting those still running past
+    # their timeout (Python cannot stop a hung call). A call refused because every
+    # slot is held is recorded as an error saying so.
+    max_in_flight: int = Field(16, ge=1, le=4096)
+    # Share of requests (chosen by request ID, so replays pick the same ones) called
+    # alone, one at a time, as latency probes: the latency rules judge only latencies
+    # measured on one request (probes, inputs re-run alone, batch_size 1), never a
+    # batch call's time divided by its size.
+    latency_probe_share: float = Field(0.05, ge=0, le=1)
 
     @field_validator("model")
     @classmethod
@@ -172,6 +188,15 @@ class CandidateConfig(_Frozen):
                 "expected 'package.module:attribute', 'file:path.joblib' or 'mlflow:<model uri>'"
             )
         return value
+
+    @model_validator(mode="after")
+    def _concurrency_fits(self) -> CandidateConfig:
+        if self.concurrency > self.max_in_flight:
+            raise ValueError(
+                f"concurrency ({self.concurrency}) cannot exceed max_in_flight "
+                f"({self.max_in_flight})"
+            )
+        return self
 
 
 class GateConfig(_Frozen):

@@ -25,6 +25,9 @@ MIN_EVENT_MS = 946_684_800_000
 MAX_LATENCY_MS = 86_400_000.0
 
 ROLES = ("production", "candidate", "secondary", "arm", "interleaved")
+# How a prediction's latency was measured: on the request alone, or as a batch's share.
+REQUEST, BATCH_SHARE = "request", "batch_share"
+TIMINGS = (REQUEST, BATCH_SHARE)
 FEEDBACK_KINDS = ("label", "click", "conversion")
 STATUSES = (
     "matched",
@@ -264,6 +267,7 @@ class Prediction(_Envelope):
     latency_ms: float
     event_time: int
     error: str | None = None
+    timing: str = REQUEST
 
     @classmethod
     def _from_record(cls, rec: dict[str, Any], natural: bool) -> Prediction:
@@ -285,6 +289,7 @@ class Prediction(_Envelope):
             latency_ms=latency,
             event_time=_event_ms(rec),
             error=error,
+            timing=_choice(rec, "timing", TIMINGS) if rec.get("timing") is not None else REQUEST,
         )
 
     def _avro_record(self) -> dict[str, Any]:
@@ -297,6 +302,7 @@ class Prediction(_Envelope):
             "latency_ms": float(self.latency_ms),
             "error": self.error,
             "event_time": self.event_time,
+            "timing": self.timing,
         }
 
     def _json_record(self) -> dict[str, Any]:
@@ -443,6 +449,7 @@ class Comparison(_Envelope):
     candidate_output: Any = None
     production_latency_ms: float | None = None
     candidate_latency_ms: float | None = None
+    candidate_timing: str | None = None
     latency_delta_ms: float | None = None
     production_error: str | None = None
     candidate_error: str | None = None
@@ -464,6 +471,8 @@ class Comparison(_Envelope):
         ):
             data[name] = _req_str(rec, name, MAX_ID_LEN)
         data["status"] = _choice(rec, "status", STATUSES)
+        if data["candidate_timing"] is not None:
+            data["candidate_timing"] = _choice(rec, "candidate_timing", TIMINGS)
         data["event_time"] = _event_ms(rec)
         data["joined_at"] = _event_ms(rec, "joined_at")
         data["metrics"] = data["metrics"] or {}

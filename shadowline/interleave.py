@@ -18,8 +18,10 @@ changes what the caller gets or when (``rank`` waits for a candidate at most its
 ``timeout_ms``). ``__call__`` adds to the caller's path only the mirror record, one
 copy of the inputs and an append to a bounded queue; one background thread starts
 the candidates from it and times them out. At most ``max_in_flight`` calls per model
-run at once, so a hung model holds a bounded number of threads and the rest are
-skipped and counted; the bookkeeping holds only calls queued or in flight. Nothing
+run at once, so a hung model holds a bounded number of threads; a call refused
+because its model's slots are all held is counted and mirrored as an error saying
+so (never left to read as a lost prediction). The bookkeeping holds only calls
+queued or in flight. Nothing
 here raises into the caller except the control model's own exception.
 """
 
@@ -29,7 +31,6 @@ import asyncio
 import copy
 import functools
 import hashlib
-import queue
 import random
 import threading
 import time
@@ -39,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shadowline.calls import DaemonPool
 from shadowline.config import Config, ExperimentConfig
 from shadowline.divergence import OutputError, ranking
 from shadowline.envelopes import now_ms
@@ -117,62 +119,6 @@ def team_draft(
         if not placed:
             break
     return merged, owners
-
-
-class _DaemonPool:
-    """Threads for the candidate calls, started as needed up to ``max_workers``.
-
-    Unlike ``concurrent.futures``, whose threads the interpreter joins at exit, these
-    are daemon threads: a candidate hung forever cannot keep the service from
-    shutting down.
-    """
-
-    def __init__(self, max_workers: int, name: str) -> None:
-        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._max = max_workers
-        self._name = name
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._idle = 0
-        self._closed = False
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self._closed:
-            raise RuntimeError("the interleaver is closed")
-        with self._lock:
-            # A thread more when the queued work would outnumber the idle threads.
-            spawn = self._idle <= self._queue.qsize() and self._threads < self._max
-            if spawn:
-                self._threads += 1
-                n = self._threads
-        self._queue.put((fn, args))
-        if spawn:
-            threading.Thread(target=self._work, name=f"{self._name}_{n}", daemon=True).start()
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                self._idle += 1
-            item = self._queue.get()
-            with self._lock:
-                self._idle -= 1
-            if item is None:
-                return
-            fn, args = item
-            try:
-                fn(*args)
-            except BaseException:  # noqa: S110  _run records every failure itself
-                pass
-
-    def shutdown(self) -> None:
-        """Stop the idle threads; busy (or hung) ones end with their call or the process."""
-        self._closed = True
-        with self._lock:
-            threads = self._threads
-        for _ in range(threads):
-            self._queue.put(None)
 
 
 class _Call:
@@ -264,7 +210,7 @@ class Interleave:
             slot.name: OrderedDict() for slot in self._slots
         }
         self._ids = 0
-        self._pool = _DaemonPool(max_in_flight * len(self._slots), "shadowline-interleave")
+        self._pool = DaemonPool(max_in_flight * len(self._slots), "shadowline-interleave")
         # Requests whose candidates are still to be started. The caller only appends
         # here (no thread wake-up on its path); the background thread starts the
         # candidates within a millisecond. Bounded: beyond it, requests are skipped.
@@ -290,7 +236,13 @@ class Interleave:
             if not sampled(rid, self.experiment.sampling):
                 self.counters.sampled_out += 1  # not mirrored: no candidate runs either
             elif len(self._inbox) >= self._max_inbox:
-                self.counters.skipped_overloaded += len(self._slots)
+                for slot in self._slots:
+                    self._skipped(
+                        slot, rid, event_time,
+                        f"shadowline.calls.SaturatedError: {slot.role} {slot.name!r} was not "
+                        f"called: {self._max_inbox} requests were already waiting for their "
+                        "candidates to start",
+                    )  # fmt: skip
             else:
                 # One copy on this thread protects the caller's object; the
                 # background thread copies it again for each model.
@@ -369,14 +321,21 @@ class Interleave:
 
     def _submit(self, slot: _Slot, inputs: Any, rid: str, event_time: int) -> _Call | None:
         with self._lock:
-            if slot.running >= self._max_in_flight:
-                self.counters.skipped_overloaded += 1
-                return None
-            slot.running += 1
-            self._ids += 1
-            key = self._ids
-            call = _Call(time.monotonic() + slot.timeout_s, rid, event_time)
-            self._pending[slot.name][key] = call
+            saturated = slot.running >= self._max_in_flight
+            if not saturated:
+                slot.running += 1
+                self._ids += 1
+                key = self._ids
+                call = _Call(time.monotonic() + slot.timeout_s, rid, event_time)
+                self._pending[slot.name][key] = call
+        if saturated:
+            self._skipped(
+                slot, rid, event_time,
+                f"shadowline.calls.SaturatedError: {slot.role} {slot.name!r} was not called: "
+                f"all {self._max_in_flight} of its call slots are held by calls still running "
+                "(past their timeout if it is hung)",
+            )  # fmt: skip
+            return None
         try:
             self._pool.submit(self._run, slot, key, call, inputs, rid, event_time)
         except Exception:
@@ -385,6 +344,15 @@ class Interleave:
                 self._pending[slot.name].pop(key, None)
             raise
         return call
+
+    def _skipped(self, slot: _Slot, rid: str, event_time: int, error: str) -> None:
+        """A call that was not made is recorded as what it is: an error with its reason
+        (never left to read as a lost prediction, ``missing_candidate``)."""
+        self.counters.skipped_overloaded += 1
+        self._mirror.record_prediction(
+            experiment=self.experiment.name, request_id=rid, role=slot.role, model=slot.name,
+            output=None, latency_ms=0.0, error=error, event_time=event_time,
+        )  # fmt: skip
 
     def _run(
         self, slot: _Slot, key: int, call: _Call, inputs: Any, rid: str, event_time: int

@@ -31,7 +31,8 @@ QUERY_DIR = DDL_DIR / "queries"
 COMPARISON_COLUMNS = (
     "event_time", "experiment", "request_id", "production_model", "candidate_model", "status",
     "revision", "output_type", "agree", "divergence", "metrics", "production_output",
-    "candidate_output", "production_latency_ms", "candidate_latency_ms", "latency_delta_ms",
+    "candidate_output", "production_latency_ms", "candidate_latency_ms", "candidate_timing",
+    "latency_delta_ms",
     "production_error", "candidate_error", "unit_id", "arm", "joined_at",
 )  # fmt: skip
 

@@ -33,10 +33,12 @@ class Side:
     output: Any
     latency_ms: float
     error: str | None
+    # Default for state written before predictions carried their timing.
+    timing: str = "request"
 
     @classmethod
     def of(cls, p: Prediction) -> Side:
-        return cls(p.model, p.output, p.latency_ms, p.error)
+        return cls(p.model, p.output, p.latency_ms, p.error, p.timing)
 
 
 @dataclass
@@ -189,6 +191,7 @@ def _emit(state: Pending, exp: ExperimentConfig, name: str, now: int) -> Compari
         row.update(
             candidate_output=cand.output,
             candidate_latency_ms=cand.latency_ms,
+            candidate_timing=cand.timing,
             candidate_error=cand.error,
         )
     if prod is None and cand is None:

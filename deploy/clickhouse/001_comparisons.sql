@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS {db}.comparisons
     candidate_output      Nullable(String) COMMENT 'JSON',
     production_latency_ms Nullable(Float64),
     candidate_latency_ms  Nullable(Float64),
+    candidate_timing      LowCardinality(Nullable(String)) COMMENT 'request (timed alone: what the latency rules read) | batch_share (batch time / size)',
     latency_delta_ms      Nullable(Float64) COMMENT 'candidate - production on the same request',
     production_error      Nullable(String),
     candidate_error       Nullable(String),

@@ -205,6 +205,13 @@ def test_a_hung_candidate_holds_at_most_max_in_flight_threads(tmp_path: Path) ->
         assert inter.counters.skipped_overloaded == 17  # a: 3 running, 17 not started
         busy = [t for t in threading.enumerate() if t.name.startswith("shadowline-interleave_")]
         assert len(busy) <= 3 * 2
+        _wait(lambda: inter.counters.timeouts == 3, "a's three running calls to time out")
+        # Every request has a's outcome as what it is: 3 timeouts, 17 refused calls
+        # (an error naming the saturation), none left to read as a lost prediction.
+        a_errors = Counter(p["error"].split(":")[0] for p in rec.predictions if p["model"] == "a")
+        assert a_errors == {"TimeoutError": 3, "shadowline.calls.SaturatedError": 17}
+        refused = next(p for p in rec.predictions if "Saturated" in (p["error"] or ""))
+        assert "all 3 of its call slots are held" in refused["error"]
     finally:
         release.set()
         inter.close()
