@@ -1,13 +1,17 @@
 """The canary controller (``shadowline canary run|status``).
 
 It walks the experiment's schedule (``[experiments.canary] steps``): publishes the
-step's weight on the control topic, evaluates the gates on the traffic the candidate
-served during the step every ``check_interval_s``, and decides:
+step's weight on the control topic, evaluates the gates every ``check_interval_s`` on
+what both arms served during the step (the same time range; at a 100 % step, which
+has no production traffic, production's figures come from the step before), and
+decides:
 
 - ``fail``: roll back to 0 % at once, with the failing rules as the reason; stop.
 - ``pass``, the step has lasted ``min_dwell_s`` and holds ``min_samples`` candidate
   requests: promote to the next step (or finish at the last one).
-- otherwise: hold.
+- still inconclusive after ``max_step_s``: ``on_step_timeout`` (roll back, the
+  default, or promote), with what the gates were waiting for as the reason.
+- otherwise: hold, naming each undecided rule and the evidence it still needs.
 
 Every decision is a control message (key: experiment; ``version`` increasing, ``step``
 set), which routers apply and the sink records in ``rollout_events``.
@@ -91,6 +95,17 @@ def _failing(report: gates.GateReport) -> str:
     return "; ".join(parts) or "gates failed"
 
 
+def _waiting(report: gates.GateReport) -> str:
+    """What the gates wait for: each undecided rule with the evidence it still needs."""
+    parts = [
+        f"{r.rule} ({r.detail})"
+        for cand in report.candidates
+        for r in cand.rules
+        if r.outcome == "inconclusive"
+    ]
+    return "waiting for " + "; ".join(parts) if parts else "gates inconclusive"
+
+
 class Controller:
     """Runs one experiment's canary until it completes, rolls back, or is stopped."""
 
@@ -147,42 +162,64 @@ class Controller:
         previous = latest_control(self.config, self.exp.name)
         self._version = previous.version if previous else 0
         self._producer = kafka.make_producer(self.config.kafka)
+        # Connect and learn the control topic's leader before the first decision, so a
+        # decision's recorded time is when routers can read it, not a cold start earlier.
+        try:
+            self._producer.list_topics(self.config.kafka.topic("control"), timeout=10)
+        except Exception as exc:
+            raise KafkaError(f"cannot reach Kafka to publish decisions: {exc}") from exc
         # Promotion needs canary.min_samples in the step; the other rules stay as set.
         step_gates = self.exp.gates.model_copy(update={"min_samples": canary.min_samples})
         exp = self.exp.model_copy(update={"gates": step_gates})
         step = 0
-        began = started = datetime.now(UTC)
+        started = datetime.now(UTC)
+        previous_start = started  # where production's own figures come from at 100 %
         self._publish(step, canary.steps[0], "inconclusive", "start", "first step")
         warehouse: Warehouse | None = None
         try:
             while not stop.wait(canary.check_interval_s):
                 if warehouse is None:
                     warehouse = Warehouse.open_reader(self.config)
-                report = gates.evaluate(
-                    warehouse, exp, self.candidate, since=started, baseline_since=began
-                )
-                verdict = report.verdict
+                # The step's own range for both arms: production is judged on what it
+                # served beside the candidate in the same minutes; at 100 % it serves
+                # nothing, and its figures come from the step before.
                 weight = canary.steps[step]
+                report = gates.evaluate(
+                    warehouse, exp, self.candidate, since=started,
+                    production_range=(previous_start, started) if weight >= 1.0 else None,
+                )  # fmt: skip
+                verdict = report.verdict
                 n = int(report.candidates[0].figures.get("pairs") or 0)
                 dwelt = (datetime.now(UTC) - started).total_seconds()
                 if verdict == "fail":
                     self._publish(step, 0.0, "fail", "rollback", _failing(report))
                     return self.decisions[-1]
-                if verdict == "pass" and dwelt >= canary.min_dwell_s:
+                timed_out = verdict == "inconclusive" and dwelt >= canary.max_step_s
+                if timed_out and canary.on_step_timeout == "rollback":
+                    self._publish(
+                        step, 0.0, "inconclusive", "rollback",
+                        f"step {step} undecided after {dwelt:.0f} s (max_step_s "
+                        f"{canary.max_step_s:g}): {_waiting(report)}",
+                    )  # fmt: skip
+                    return self.decisions[-1]
+                if (verdict == "pass" and dwelt >= canary.min_dwell_s) or timed_out:
+                    why = (
+                        f"{n} requests passed at {weight:.4g} after {dwelt:.0f} s"
+                        if verdict == "pass"
+                        else f"undecided after {dwelt:.0f} s (max_step_s {canary.max_step_s:g}, "
+                        f"on_step_timeout promote): {_waiting(report)}"
+                    )
                     if step == len(canary.steps) - 1:
-                        self._publish(step, weight, "pass", "complete", f"{n} requests passed")
+                        self._publish(step, weight, verdict, "complete", why)
                         return self.decisions[-1]
                     step += 1
-                    started = datetime.now(UTC)
-                    self._publish(
-                        step, canary.steps[step], "pass", "promote",
-                        f"{n} requests passed at {weight:.4g} after {dwelt:.0f} s",
-                    )  # fmt: skip
+                    previous_start, started = started, datetime.now(UTC)
+                    self._publish(step, canary.steps[step], verdict, "promote", why)
                     continue
                 why = (
                     f"{dwelt:.0f} of {canary.min_dwell_s:.0f} s dwelt"
                     if verdict == "pass"
-                    else f"{n} of {canary.min_samples} requests; gates {verdict}"
+                    else _waiting(report)
                 )
                 self._publish(step, weight, verdict, "hold", why)
         finally:

@@ -202,8 +202,11 @@ class CandidateConfig(_Frozen):
 class GateConfig(_Frozen):
     """Rules an experiment's candidates must meet (``[experiments.gates]``).
 
-    Rates are judged by sequential tests at ``alpha`` (see ``shadowline.stats``); a
-    rule set to nothing (omitted with no default) is not checked.
+    Every rule but the two point rules (``max_mean_divergence``, ``max_feature_psi``)
+    is a sequential test (see ``shadowline.stats``); the verdict's false-failure rate,
+    all rules and candidates together, stays within ``alpha`` however often it is
+    checked (``alpha`` is split evenly over them). A rule set to ``false`` is not
+    checked.
     """
 
     alpha: float = Field(0.05, gt=0, lt=0.5)
@@ -212,19 +215,32 @@ class GateConfig(_Frozen):
     # Default evaluation window; None judges everything since the experiment began.
     window_s: float | None = Field(None, gt=0)
     max_error_rate: float | None = Field(0.01, gt=0, lt=1)
+    # Relative to production: fails once the candidate is shown to err more often than
+    # production; passes once it is shown to err at most this much more (a share:
+    # 0.005 = half a point).
     max_error_rate_increase: float | None = Field(0.005, ge=0, lt=1)
+    # p99 <= limit, judged on latencies measured on one request each.
     max_p99_latency_ms: float | None = Field(100.0, gt=0)
+    # The candidate's p99 against production's over the same range, with production's
+    # p99 taken at its confidence bounds (both sides' sampling error): at most this
+    # many times production's (ratio) and at most this many ms above it (increase).
+    max_p99_latency_ratio: float | None = Field(1.2, ge=1)
+    # The ratio rule's limit is at least production's p99 plus this: sub-millisecond
+    # production models are not failed for a few milliseconds nobody notices.
+    p99_latency_ratio_slack_ms: float = Field(10.0, ge=0)
     max_p99_latency_increase_ms: float | None = Field(None, ge=0)
     min_agreement: float | None = Field(None, gt=0, lt=1)
     max_mean_divergence: float | None = Field(None, ge=0)
-    max_output_psi: float | None = Field(0.25, gt=0)
-    max_output_jsd: float | None = Field(None, gt=0, le=1)
-    # From feedback: how much worse than production the candidate may be, as a share
-    # (0.01 = one point of accuracy or of conversion rate).
+    # Output drift (shadow, interleave): no output class's share (label, regression
+    # decile, top item, text length class) may move by more than this between
+    # production and the candidate on the same requests (0.1 = ten points).
+    max_output_shift: float | None = Field(0.1, gt=0, lt=1)
     # Input drift: PSI of each numeric feature between the range and the reference
     # window of `feature_reference_s` just before it (the sink then stores requests).
     max_feature_psi: float | None = Field(None, gt=0)
     feature_reference_s: float = Field(3600.0, gt=0)
+    # From feedback: how much worse than production the candidate may be, as a share
+    # (0.01 = one point of accuracy or of conversion rate).
     max_accuracy_drop: float | None = Field(None, ge=0, lt=1)
     # Team-draft interleaving (mode "interleave", output "ranking"): the candidate's
     # share of decided requests (wins / (wins + losses)) must exceed this. 0.5 passes
@@ -236,11 +252,20 @@ class GateConfig(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _false_turns_a_rule_off(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for old in ("max_output_psi", "max_output_jsd"):
+            if data.get(old) not in (None, False):
+                raise ValueError(
+                    f"{old} is no longer a rule: a fixed limit on a PSI or JSD estimate fails "
+                    "healthy candidates more often the more classes there are. Use "
+                    "max_output_shift (a sequential test on each class's share; PSI and JSD "
+                    "are still reported as figures)"
+                )
         # TOML has no null: `max_error_rate = false` is how a default rule is turned off.
-        if isinstance(data, dict):
-            return {k: None if v is False and k.startswith(("max_", "min_a")) else v
-                    for k, v in data.items()}  # fmt: skip
-        return data
+        retired = ("max_output_psi", "max_output_jsd")
+        return {k: None if v is False and k.startswith(("max_", "min_")) else v
+                for k, v in data.items() if k not in retired}  # fmt: skip
 
 
 class CanaryConfig(_Frozen):
@@ -253,6 +278,20 @@ class CanaryConfig(_Frozen):
     min_samples: int = Field(500, ge=1)
     # How often the gates are evaluated.
     check_interval_s: float = Field(5.0, gt=0, le=3600)
+    # A step whose gates are still inconclusive after this long ends with
+    # `on_step_timeout`: "rollback" (default: what cannot be shown safe does not grow)
+    # or "promote" (what has not been shown unsafe grows).
+    max_step_s: float = Field(3600.0, gt=0)
+    on_step_timeout: Literal["rollback", "promote"] = "rollback"
+
+    @model_validator(mode="after")
+    def _timeout_after_dwell(self) -> CanaryConfig:
+        if self.max_step_s < self.min_dwell_s:
+            raise ValueError(
+                f"max_step_s ({self.max_step_s:g}) must be at least min_dwell_s "
+                f"({self.min_dwell_s:g})"
+            )
+        return self
 
     @field_validator("steps")
     @classmethod

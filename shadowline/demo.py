@@ -120,12 +120,16 @@ name = "forest"
 model = "file:models/forest.joblib"
 timeout_ms = 2000
 batch_size = 64
+# 1,000 of the demo's 5,000 requests timed alone: enough for the latency rules to
+# decide within the demo (the default 0.05 suits thousands of requests a second).
+latency_probe_share = 0.2
 
 [[experiments.candidates]]
 name = "rules"
 model = "shadowline.demo:rule_model"
 timeout_ms = 500
 batch_size = 64
+latency_probe_share = 0.2
 {_WARMUP}"""
     )
     return path

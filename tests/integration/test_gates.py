@@ -35,7 +35,7 @@ def _rows(exp: Any, start: int, n: int, bad_from: int | None = None) -> list[Com
         out += pairing.on_prediction(
             state,
             Prediction(
-                rid, exp.name, "production", "prod", {"label": 1, "probabilities": PROBS}, 4.0, t
+                rid, exp.name, "production", "prod", {"label": 1, "probabilities": PROBS}, 5.0, t
             ),
             exp,
             t,
@@ -137,7 +137,7 @@ def test_thin_data_is_inconclusive_with_exit_2(gated: tuple[Path, Any]) -> None:
     rules = _rules(report, "good")
     assert rules["min_samples"] == {
         "rule": "min_samples", "observed": 100.0, "threshold": 500.0,
-        "outcome": "inconclusive", "detail": "answered pairs in the window",
+        "outcome": "inconclusive", "detail": "waiting for 500 answered pairs (have 100)",
     }  # fmt: skip
 
 
@@ -316,7 +316,7 @@ def test_feature_drift_against_the_window_before(tmp_path: Path, shift: float, o
                 "gates": {
                     "max_feature_psi": 0.25, "feature_reference_s": 600, "min_samples": 500,
                     "max_error_rate": False, "max_error_rate_increase": False,
-                    "max_p99_latency_ms": False, "max_output_psi": False,
+                    "max_p99_latency_ms": False, "max_output_shift": False,
                 },
             }
         ],

@@ -28,7 +28,7 @@ EXPERIMENT = {
         {"name": "skewed", "model": "tests.fixtures.models:SkewedNoisyModel"},
     ],
     "gates": {"min_samples": 500, "min_agreement": 0.9, "max_mean_divergence": 0.1,
-              "max_output_psi": False, "max_p99_latency_ms": False},
+              "max_p99_latency_ms": False, "max_p99_latency_ratio": False},
 }  # fmt: skip
 
 

@@ -39,10 +39,13 @@ def _ever_fails_difference(
         c_all, p_all = np.cumsum(xc), np.cumsum(xp)
         for k in range(EVERY, N + 1, EVERY):
             if paired:
-                d, v = stats.paired_rate_difference(k, int(c_only[k - 1]), int(p_only[k - 1]))
+                r = stats.paired_difference_test(
+                    k, int(c_only[k - 1]), int(p_only[k - 1]), max_increase, ALPHA
+                )
             else:
                 d, v = stats.independent_rate_difference(int(c_all[k - 1]), k, int(p_all[k - 1]), k)
-            if stats.difference_test(d, v, max_increase, ALPHA, k).outcome == "fail":
+                r = stats.difference_test(d, v, max_increase, ALPHA, k)
+            if r.outcome == "fail":
                 fails += 1
                 when.append(k)
                 break
@@ -105,9 +108,77 @@ def test_agreement_fails_below_its_minimum() -> None:
 
 
 def test_difference_within_the_allowed_increase_passes() -> None:
-    d, v = stats.paired_rate_difference(5000, 10, 12)
+    assert stats.paired_difference_test(5000, 10, 12, 0.01, ALPHA).outcome == "pass"
+    d, v = stats.independent_rate_difference(30, 5000, 28, 5000)
     assert stats.difference_test(d, v, 0.01, ALPHA, 5000).outcome == "pass"
     assert stats.difference_test(float("nan"), 1.0, 0.0, ALPHA, 0).outcome == "inconclusive"
+
+
+@pytest.mark.parametrize("accuracy", [0.7, 0.9])
+def test_one_discordant_pair_is_never_a_verdict(accuracy: float) -> None:
+    # The old paired test floored the variance at 1e-9: one candidate-only error at
+    # n = 1 failed the error rule, one label the accuracy rule. A betting martingale
+    # on the discordant pairs cannot move that far on one request.
+    for n in (1, 2, 5):
+        r = stats.paired_difference_test(n, 1, 0, 0.0, ALPHA)
+        assert r.outcome == "inconclusive" and r.evidence_fail < 1 / ALPHA
+    # an A/A labelled stream, judged after every label: the drop rule at 0 fails <= alpha
+    rng = np.random.default_rng(int(accuracy * 100))
+    fails = 0
+    for _ in range(RUNS):
+        prod, cand = rng.random(3000) < accuracy, rng.random(3000) < accuracy
+        p_only, c_only = np.cumsum(prod & ~cand), np.cumsum(cand & ~prod)
+        n = np.arange(1, 3001)
+        counts = np.column_stack([p_only, c_only, n - p_only - c_only])
+        log_w = stats.log_betting_path(np.array([1.0, -1.0, 0.0]), counts, 0.0, +1, 1.0)
+        fails += bool(np.any(log_w >= math.log(1 / ALPHA)))
+        # the path is the scalar test at every look
+        k = int(rng.integers(1, 3001))
+        scalar = stats.paired_difference_test(k, int(p_only[k - 1]), int(c_only[k - 1]), 0.0, ALPHA)
+        assert math.log(scalar.evidence_fail) == pytest.approx(log_w[k - 1], abs=1e-9)
+    assert fails / RUNS <= ALPHA
+
+
+def test_mean_test_names_the_bad_argument() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        stats.mean_test([1.0, 0.0], [3], 0.0, 1.0, ALPHA, fail_above=0.5)
+    with pytest.raises(ValueError, match=r"lie in \[0.0, 1.0\]"):
+        stats.mean_test([2.0], [1], 0.0, 1.0, ALPHA, fail_above=0.5)
+    with pytest.raises(ValueError, match="discordant"):
+        stats.paired_difference_test(3, 2, 2, 0.0, ALPHA)
+    with pytest.raises(ValueError, match="fail_alpha"):
+        stats.rate_test(1, 10, 0.1, ALPHA, fail_alpha=1.5)
+
+
+@pytest.mark.parametrize("classes", [2, 50, 200])
+def test_output_shift_between_samples_of_one_distribution_fails_at_most_alpha(
+    classes: int,
+) -> None:
+    # PSI > 0.25 on two samples of the same 50-class distribution happened in 43 % of
+    # checks (200 classes: always). The shift test's level does not grow with classes.
+    rng = np.random.default_rng(classes)
+    shares = rng.dirichlet(np.ones(classes))
+    fails = 0
+    for _ in range(40):
+        prod = rng.choice(classes, size=2000, p=shares)
+        cand = rng.choice(classes, size=2000, p=shares)
+        for k in (100, 300, 1000, 2000):
+            p, c = prod[:k], cand[:k]
+            up = {str(i): int(((c == i) & (p != i)).sum()) for i in set(c.tolist())}
+            down = {str(i): int(((p == i) & (c != i)).sum()) for i in set(p.tolist())}
+            result, _ = stats.share_shift_test(k, up, down, 0.05, ALPHA)
+            if result.outcome == "fail":
+                fails += 1
+                break
+    assert fails / 40 <= ALPHA
+    # ...and a class that truly moved by 15 points or more is caught
+    rare = int(np.argmin(shares))
+    moved = np.where(rng.random(2000) < 0.3, rare, rng.choice(classes, size=2000, p=shares))
+    prod = rng.choice(classes, size=2000, p=shares)
+    up = {str(i): int(((moved == i) & (prod != i)).sum()) for i in range(classes)}
+    down = {str(i): int(((prod == i) & (moved != i)).sum()) for i in range(classes)}
+    result, decisive = stats.share_shift_test(2000, up, down, 0.05, ALPHA)
+    assert result.outcome == "fail" and decisive == str(rare)
 
 
 @pytest.mark.parametrize(

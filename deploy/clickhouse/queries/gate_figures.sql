@@ -1,9 +1,12 @@
 -- Every figure a gate judges, per candidate of one experiment, over a time range.
 -- The gates (shadowline gate check) and the dashboards read this same query.
+-- Latency figures of the candidate use only latencies measured on one request
+-- (candidate_timing = 'request': latency probes, inputs run alone, in-process calls),
+-- never a batch call's time divided by its size. The largest latencies of each side
+-- (`*_top_ms`, descending: at least the top 3 % + 50) feed the p99 confidence bounds.
 -- Parameters: {experiment:String}, {candidate:String} ('' = every candidate),
 --   {since:DateTime64(3)}, {until:DateTime64(3)} (event_time range, since inclusive),
---   {latency_limit_ms:Float64} (the p99 limit: requests slower than this are counted),
---   {latency_increase_ms:Float64} (allowed p99 increase over production).
+--   {latency_limit_ms:Float64} (the p99 limit: requests slower than this are counted).
 WITH
     answered AS (
         SELECT *
@@ -12,10 +15,9 @@ WITH
           AND ({candidate:String} = '' OR candidate_model = {candidate:String})
           AND event_time >= {since:DateTime64(3)} AND event_time < {until:DateTime64(3)}
     ),
-    production_p99 AS (
-        SELECT candidate_model,
-               quantileExactIf(0.99)(production_latency_ms, production_latency_ms IS NOT NULL) AS p99
-        FROM answered GROUP BY candidate_model
+    timed AS (
+        SELECT *, candidate_latency_ms IS NOT NULL AND candidate_timing = 'request' AS cand_timed
+        FROM answered
     )
 SELECT
     candidate_model,
@@ -29,24 +31,29 @@ SELECT
     countIf(production_failed AND status NOT IN ('missing_candidate', 'missing_production', 'missing_both')) AS production_errors,
     countIf(candidate_failed AND NOT production_failed AND status NOT IN ('missing_candidate', 'missing_production', 'missing_both')) AS candidate_only_errors,
     countIf(production_failed AND NOT candidate_failed AND status NOT IN ('missing_candidate', 'missing_production', 'missing_both')) AS production_only_errors,
-    countIf(candidate_latency_ms IS NOT NULL)                              AS candidate_latencies,
+    countIf(cand_timed)                                                    AS candidate_latencies,
+    countIf(candidate_latency_ms IS NOT NULL AND NOT cand_timed)           AS candidate_batch_latencies,
     countIf(production_latency_ms IS NOT NULL)                             AS production_latencies,
-    quantileExactIf(0.5)(candidate_latency_ms, candidate_latency_ms IS NOT NULL)   AS candidate_p50_ms,
-    quantileExactIf(0.95)(candidate_latency_ms, candidate_latency_ms IS NOT NULL)  AS candidate_p95_ms,
-    quantileExactIf(0.99)(candidate_latency_ms, candidate_latency_ms IS NOT NULL)  AS candidate_p99_ms,
+    quantileExactIf(0.5)(candidate_latency_ms, cand_timed)                 AS candidate_p50_ms,
+    quantileExactIf(0.95)(candidate_latency_ms, cand_timed)                AS candidate_p95_ms,
+    quantileExactIf(0.99)(candidate_latency_ms, cand_timed)                AS candidate_p99_ms,
     quantileExactIf(0.5)(production_latency_ms, production_latency_ms IS NOT NULL) AS production_p50_ms,
     quantileExactIf(0.95)(production_latency_ms, production_latency_ms IS NOT NULL) AS production_p95_ms,
     quantileExactIf(0.99)(production_latency_ms, production_latency_ms IS NOT NULL) AS production_p99_ms,
-    quantileExactIf(0.5)(latency_delta_ms, latency_delta_ms IS NOT NULL)   AS latency_delta_p50_ms,
-    quantileExactIf(0.99)(latency_delta_ms, latency_delta_ms IS NOT NULL)  AS latency_delta_p99_ms,
-    countIf(candidate_latency_ms > {latency_limit_ms:Float64})             AS candidate_slow,
-    countIf(candidate_latency_ms > p.p99 + {latency_increase_ms:Float64})  AS candidate_slower_than_production_p99,
+    quantileExactIf(0.5)(latency_delta_ms, latency_delta_ms IS NOT NULL AND cand_timed)  AS latency_delta_p50_ms,
+    quantileExactIf(0.99)(latency_delta_ms, latency_delta_ms IS NOT NULL AND cand_timed) AS latency_delta_p99_ms,
+    countIf(cand_timed AND candidate_latency_ms > {latency_limit_ms:Float64}) AS candidate_slow,
+    arraySlice(arrayReverseSort(groupArrayIf(assumeNotNull(candidate_latency_ms), cand_timed)),
+               1, toUInt64(ceil(countIf(cand_timed) * 0.03) + 50))    AS candidate_top_ms,
+    arraySlice(arrayReverseSort(groupArrayIf(assumeNotNull(production_latency_ms),
+                                             production_latency_ms IS NOT NULL)),
+               1, toUInt64(ceil(countIf(production_latency_ms IS NOT NULL) * 0.03) + 50))
+                                                                           AS production_top_ms,
     countIf(agree IS NOT NULL)                                             AS compared,
     countIf(agree)                                                         AS agreed,
     avgIf(divergence, divergence IS NOT NULL)                              AS mean_divergence,
     min(event_time)                                                        AS first_event,
     max(event_time)                                                        AS last_event
-FROM answered AS a
-LEFT JOIN production_p99 AS p ON a.candidate_model = p.candidate_model
+FROM timed
 GROUP BY candidate_model
 ORDER BY candidate_model

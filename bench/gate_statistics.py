@@ -1,0 +1,137 @@
+"""Benchmark: the gates' statistics by simulation, judged after every request.
+
+    .venv/bin/python bench/gate_statistics.py                 # every case
+    .venv/bin/python bench/gate_statistics.py --case aa-shadow --runs 400
+
+A/A cases report how often the whole default verdict ever fails a healthy candidate
+while it is looked at after every request up to ``--requests`` per arm (must stay
+within alpha). Regression cases report after how many requests per arm (or seconds
+at the case's rate) the verdict fails. Writes bench/results/gate_statistics.json and
+.md. The engine is bench/simulation.py (the gates' own tests, at every look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from simulation import Arm, Case, aa_rate, detection  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+ONLY_ERRORS = {
+    "max_error_rate": False, "max_p99_latency_ms": False, "max_p99_latency_ratio": False,
+    "max_output_shift": False,
+}  # fmt: skip
+
+
+def cases(requests: int) -> tuple[list[Case], list[Case]]:
+    """(A/A cases, regression cases)."""
+    healthy = Arm(error_rate=0.01, p99_ms=100.0)
+    aa = [
+        Case("aa-shadow", healthy, (healthy,), requests=requests),
+        Case("aa-ab", healthy, (healthy,), paired=False, requests=requests),
+        Case("aa-shadow-3-candidates", healthy, (healthy,) * 3, requests=requests),
+        Case("aa-ab-3-candidates", healthy, (healthy,) * 3, paired=False, requests=requests),
+        Case(
+            "aa-accuracy-70", Arm(accuracy=0.7), (Arm(accuracy=0.7),),
+            gates={"max_accuracy_drop": 0.0}, requests=requests,
+        ),
+        Case(
+            "aa-accuracy-90", Arm(accuracy=0.9), (Arm(accuracy=0.9),),
+            gates={"max_accuracy_drop": 0.0}, requests=requests,
+        ),
+        Case(
+            "aa-p99-increase-0ms", healthy, (healthy,),
+            gates={"max_p99_latency_increase_ms": 0.0}, requests=requests,
+        ),
+        Case(
+            "aa-ab-p99-increase-0ms", healthy, (healthy,), paired=False,
+            gates={"max_p99_latency_increase_ms": 0.0}, requests=requests,
+        ),
+    ]  # fmt: skip
+    regressions = []
+    for before, after in ((0.01, 0.02), (0.003, 0.013), (0.03, 0.04)):
+        for paired in (True, False):
+            regressions.append(
+                Case(
+                    f"errors-{before:.1%}-to-{after:.1%}-{'shadow' if paired else 'ab'}",
+                    Arm(error_rate=before),
+                    (Arm(error_rate=after),),
+                    gates=ONLY_ERRORS | {"max_error_rate": False},
+                    paired=paired,
+                    requests=requests,
+                )  # fmt: skip
+            )
+    for before, after in ((60.0, 110.0), (30.0, 80.0)):
+        regressions.append(
+            Case(
+                f"p99-{before:.0f}-to-{after:.0f}ms-shadow-1000rps",
+                Arm(error_rate=0.001, p99_ms=before),
+                (Arm(error_rate=0.001, p99_ms=after),),
+                requests=min(requests, 60_000),
+                rate_per_s=1000.0,
+            )  # fmt: skip
+        )
+    return aa, regressions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", action="append", help="run only these cases (repeatable)")
+    parser.add_argument("--runs", type=int, default=200, help="runs per A/A case")
+    parser.add_argument("--regression-runs", type=int, default=100, help="runs per regression")
+    parser.add_argument("--requests", type=int, default=50_000, help="looks per arm and run")
+    parser.add_argument("--seed", type=int, default=20261201)
+    args = parser.parse_args()
+    aa, regressions = cases(args.requests)
+    wanted = set(args.case or [])
+    results: dict[str, list[dict]] = {"aa": [], "regressions": []}
+    for case in aa:
+        if wanted and case.name not in wanted:
+            continue
+        started = time.perf_counter()
+        res = aa_rate(case, args.runs, args.seed)
+        res["seconds"] = round(time.perf_counter() - started, 1)
+        results["aa"].append(res)
+        print(json.dumps(res), flush=True)
+    for case in regressions:
+        if wanted and case.name not in wanted:
+            continue
+        started = time.perf_counter()
+        res = detection(case, args.regression_runs, args.seed)
+        res["seconds"] = round(time.perf_counter() - started, 1)
+        results["regressions"].append(res)
+        print(json.dumps(res), flush=True)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "gate_statistics.json").write_text(json.dumps(results, indent=2))
+    lines = [
+        "| A/A case | rules | runs | looks per arm | false-failure rate | alpha |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["aa"]:
+        lines.append(
+            f"| {r['case']} | {len(r['rules'])} | {r['runs']} | {r['requests']:,} | "
+            f"{r['false_failure_rate']:.3f} | {r['alpha']} |"
+        )
+    lines += [
+        "",
+        "| regression | runs | caught | median requests per arm | p90 | median s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["regressions"]:
+        secs = f"{r['median_seconds']:.1f}" if "median_seconds" in r else ""
+        lines.append(
+            f"| {r['case']} | {r['runs']} | {r['caught_share']:.0%} | "
+            f"{r['median_requests']:,.0f} | {r['p90_requests']:,.0f} | {secs} |"
+        )
+    (OUT / "gate_statistics.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""Simulations of the gates' statistics, judged at every request as a gate would.
+
+Each run draws one experiment's traffic (errors, latencies, output classes, labels)
+and asks, after every request, what each rule of the verdict says, with the
+gates' own arithmetic from ``shadowline.stats``: the same martingales evaluated at
+every look at once (``log_mixture_lr_path``, ``log_betting_path``), and the count
+bounds of the p99 confidence sequences as tables built by the same test
+(``count_bound_table``). ``tests/unit/test_simulation.py`` checks that a look here
+decides as ``shadowline.rules.judge`` does on the same counts. The alpha split is
+``shadowline.rules.fail_alpha`` of the simulated experiment's gates.
+
+Two questions: how often a healthy candidate's verdict ever fails (A/A, must stay
+within alpha), and after how many requests a real regression fails it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+from sortedcontainers import SortedList
+
+from shadowline import stats
+from shadowline.config import GateConfig
+from shadowline.rules import TAIL, Context, fail_alpha, sequential_rules
+
+Z99 = 2.3263478740408408  # the standard normal's 99th percentile
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One model's traffic: error rate, lognormal latency, output classes, accuracy."""
+
+    error_rate: float = 0.01
+    p99_ms: float = 100.0
+    sigma: float = 0.5
+    classes: tuple[float, ...] = (0.6, 0.3, 0.1)
+    accuracy: float | None = None
+
+    def draw(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        median = self.p99_ms / math.exp(Z99 * self.sigma)
+        out = {
+            "error": rng.random(n) < self.error_rate,
+            "latency": median * np.exp(self.sigma * rng.standard_normal(n)),
+            "label": rng.choice(len(self.classes), size=n, p=np.asarray(self.classes)),
+        }
+        if self.accuracy is not None:
+            out["correct"] = rng.random(n) < self.accuracy
+        return out
+
+
+@dataclass(frozen=True)
+class Case:
+    """One simulated experiment: production, its candidates and the gates."""
+
+    name: str
+    production: Arm
+    candidates: tuple[Arm, ...]
+    gates: dict[str, Any] = field(default_factory=dict)
+    paired: bool = True  # shadow; False: A/B arms of equal share
+    probe_share: float = 0.05  # shadow: candidate latencies timed alone
+    requests: int = 50_000  # per arm
+    rate_per_s: float | None = None  # to report detection in seconds
+
+    def gate_config(self) -> GateConfig:
+        return GateConfig(**self.gates)
+
+    def context(self) -> Context:
+        return Context(paired=self.paired)
+
+
+@cache
+def _bound_table(n_max: int, bar: float, side: int) -> np.ndarray:
+    return stats.count_bound_table(n_max, TAIL, bar, side)
+
+
+def _first(mask: np.ndarray) -> int | None:
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if hits.size else None
+
+
+def _rate_fail(events: np.ndarray, n: np.ndarray, p0: float, fa: float) -> np.ndarray:
+    return stats.log_mixture_lr_path(np.cumsum(events), n, p0, +1) >= math.log(1 / fa)
+
+
+def _paired_fail(
+    c_only: np.ndarray, p_only: np.ndarray, m: float, fa: float, bar: float | None = None
+) -> np.ndarray:
+    n = np.arange(1, c_only.size + 1)
+    b, c = np.cumsum(c_only), np.cumsum(p_only)
+    counts = np.column_stack([b, c, n - b - c])
+    log_w = stats.log_betting_path(np.array([1.0, -1.0, 0.0]), counts, m, +1, m + 1.0)
+    return log_w >= math.log(bar if bar is not None else 1 / fa)
+
+
+def _relative_p99_fail(
+    prod_lat: np.ndarray, prod_seen: np.ndarray, cand_lat: np.ndarray, cand_seen: np.ndarray,
+    limit_of: Callable[[float], float], fa: float,
+) -> np.ndarray:  # fmt: skip
+    """Per look: the fail side of ``rules._relative_p99``. ``*_seen`` says, per look,
+    whether that look added a latency to the side (probes, or the arm served)."""
+    looks = prod_seen.size
+    least = _bound_table(looks, 2 / fa, -1)  # production p99's upper bound: least-th largest
+    most = _bound_table(looks, 2 / fa, +1)  # candidate: fail once slower > most
+    out = np.zeros(looks, dtype=bool)
+    prod, cand = SortedList(), SortedList()
+    pi = ci = 0
+    for t in range(looks):
+        if prod_seen[t]:
+            prod.add(prod_lat[pi])
+            pi += 1
+        if cand_seen[t]:
+            cand.add(cand_lat[ci])
+            ci += 1
+        n_p, n_c = len(prod), len(cand)
+        if not n_p or not n_c:
+            continue
+        k = int(least[n_p])
+        if k == 0:
+            continue  # production's p99 not bounded above yet: no fail
+        limit = limit_of(prod[n_p - k])
+        slower = n_c - cand.bisect_right(limit)
+        out[t] = slower > most[n_c]
+    return out
+
+
+def _shift_fail(
+    prod_label: np.ndarray, cand_label: np.ndarray, limit: float, fa: float
+) -> np.ndarray:
+    n = np.arange(1, prod_label.size + 1)
+    classes = np.union1d(prod_label, cand_label)
+    seen = np.zeros(prod_label.size)
+    logs = np.full(prod_label.size, -np.inf)
+    for k in classes:
+        first = int(np.flatnonzero((prod_label == k) | (cand_label == k))[0])
+        seen[first:] += 1
+        up = np.cumsum((cand_label == k) & (prod_label != k))
+        down = np.cumsum((prod_label == k) & (cand_label != k))
+        for a, b in ((up, down), (down, up)):
+            counts = np.column_stack([a, b, n - a - b])
+            log_w = stats.log_betting_path(np.array([1.0, -1.0, 0.0]), counts, limit, +1, limit + 1)
+            logs = np.maximum(logs, np.where(np.arange(n.size) >= first, log_w, -np.inf))
+    return logs >= np.log(2 * np.maximum(seen, 1) / fa)
+
+
+def _p99_limits(gates: GateConfig, rules: list[str]) -> list[tuple[str, Callable[[float], float]]]:
+    """The relative p99 rules' limits as ``shadowline.rules`` derives them."""
+    out: list[tuple[str, Callable[[float], float]]] = []
+    ratio, slack = gates.max_p99_latency_ratio, gates.p99_latency_ratio_slack_ms
+    if "max_p99_latency_ratio" in rules and ratio is not None:
+        out.append(("max_p99_latency_ratio", lambda q: max(q * ratio, q + slack)))
+    inc = gates.max_p99_latency_increase_ms
+    if "max_p99_latency_increase_ms" in rules and inc is not None:
+        out.append(("max_p99_latency_increase_ms", lambda q: q + inc))
+    return out
+
+
+def first_failures(case: Case, rng: np.random.Generator) -> dict[str, int | None]:
+    """One run: per rule (candidate index appended), the request count at which the
+    rule first fails (None: never within ``case.requests``)."""
+    gates = case.gate_config()
+    fa = fail_alpha(gates, case.context(), len(case.candidates))
+    rules = sequential_rules(gates, case.context())
+    n = case.requests
+    out: dict[str, int | None] = {}
+    if case.paired:
+        prod = case.production.draw(rng, n)
+        looks = np.arange(1, n + 1)
+        for i, arm in enumerate(case.candidates):
+            cand = arm.draw(rng, n)
+            probes = rng.random(n) < case.probe_share
+            if "max_error_rate" in rules:
+                out[f"max_error_rate#{i}"] = _first(
+                    _rate_fail(cand["error"], looks, gates.max_error_rate or 0, fa)
+                )
+            if "max_error_rate_increase" in rules:
+                c_only, p_only = cand["error"] & ~prod["error"], prod["error"] & ~cand["error"]
+                out[f"max_error_rate_increase#{i}"] = _first(_paired_fail(c_only, p_only, 0.0, fa))
+            timed = probes & ~cand["error"]
+            if "max_p99_latency_ms" in rules:
+                slow = cand["latency"] > (gates.max_p99_latency_ms or 0)
+                hit = _rate_fail(slow[timed], np.arange(1, int(timed.sum()) + 1), TAIL, fa)
+                idx = np.flatnonzero(timed)
+                j = _first(hit)
+                out[f"max_p99_latency_ms#{i}"] = None if j is None else int(idx[j])
+            ok_prod = ~prod["error"]
+            for rule, limit_of in _p99_limits(gates, rules):
+                fails = _relative_p99_fail(
+                    prod["latency"][ok_prod], ok_prod, cand["latency"][timed], timed, limit_of, fa
+                )
+                out[f"{rule}#{i}"] = _first(fails)
+            if "max_output_shift" in rules:
+                out[f"max_output_shift#{i}"] = _first(
+                    _shift_fail(prod["label"], cand["label"], gates.max_output_shift or 0, fa)
+                )
+            if "max_accuracy_drop" in rules and "correct" in prod:
+                p_only = prod["correct"] & ~cand["correct"]
+                c_only = cand["correct"] & ~prod["correct"]
+                out[f"max_accuracy_drop#{i}"] = _first(
+                    _paired_fail(p_only, c_only, gates.max_accuracy_drop or 0.0, fa)
+                )
+        return {k: None if v is None else v + 1 for k, v in out.items()}
+    return _served_first_failures(case, gates, rules, fa, rng)
+
+
+def _served_first_failures(
+    case: Case, gates: GateConfig, rules: list[str], fa: float, rng: np.random.Generator
+) -> dict[str, int | None]:
+    """A/B: every request goes to one of the arms (equal shares); a look after each."""
+    arms = [case.production, *case.candidates]
+    total = case.requests * len(arms)
+    which = rng.integers(0, len(arms), size=total)
+    draws = [arm.draw(rng, total) for arm in arms]  # each arm uses the requests it got
+    per_arm = [
+        {key: d[key][which == a] for key in d} | {"seen": which == a} for a, d in enumerate(draws)
+    ]
+    prod = per_arm[0]
+    out: dict[str, int | None] = {}
+    for i in range(1, len(arms)):
+        cand = per_arm[i]
+        n_c = np.cumsum(cand["seen"])
+        err_c = np.zeros(total, dtype=bool)
+        err_c[cand["seen"]] = cand["error"]
+        err_p = np.zeros(total, dtype=bool)
+        err_p[prod["seen"]] = prod["error"]
+        if "max_error_rate" in rules:
+            fails = _rate_fail(err_c, n_c, gates.max_error_rate or 0, fa) & (n_c > 0)
+            out[f"max_error_rate#{i}"] = _first(fails)
+        if "max_error_rate_increase" in rules:
+            # the candidate arm's share of all errors against its share of traffic
+            ec, ep = np.cumsum(err_c), np.cumsum(err_p)
+            n_p = np.cumsum(prod["seen"])
+            share = n_c / np.maximum(n_c + n_p, 1)
+            fails = np.zeros(total, dtype=bool)
+            ok = (ec + ep > 0) & (share > 0) & (share < 1)
+            log_e = stats.log_mixture_lr_path(ec[ok], ec[ok] + ep[ok], share[ok], +1)
+            fails[ok] = log_e >= math.log(1 / fa)
+            out[f"max_error_rate_increase#{i}"] = _first(fails)
+        ok_c, ok_p = cand["seen"].copy(), prod["seen"].copy()
+        ok_c[cand["seen"]] = ~cand["error"]
+        ok_p[prod["seen"]] = ~prod["error"]
+        if "max_p99_latency_ms" in rules:
+            slow = np.zeros(total, dtype=bool)
+            slow[ok_c] = cand["latency"][~cand["error"]] > (gates.max_p99_latency_ms or 0)
+            fails = _rate_fail(slow, np.cumsum(ok_c), TAIL, fa) & (np.cumsum(ok_c) > 0)
+            out[f"max_p99_latency_ms#{i}"] = _first(fails)
+        for rule, limit_of in _p99_limits(gates, rules):
+            fails = _relative_p99_fail(
+                prod["latency"][~prod["error"]], ok_p, cand["latency"][~cand["error"]], ok_c,
+                limit_of, fa,
+            )  # fmt: skip
+            out[f"{rule}#{i}"] = _first(fails)
+    # requests per arm when the rule failed
+    return {k: None if v is None else int(v / len(arms)) + 1 for k, v in out.items()}
+
+
+def aa_rate(case: Case, runs: int, seed: int) -> dict[str, Any]:
+    """How often the whole verdict ever fails over ``case.requests`` looks."""
+    rng = np.random.default_rng(seed)
+    fails = 0
+    by_rule: dict[str, int] = {}
+    for _ in range(runs):
+        first = first_failures(case, rng)
+        failed = [k for k, v in first.items() if v is not None]
+        fails += bool(failed)
+        for k in failed:
+            rule = k.split("#")[0]
+            by_rule[rule] = by_rule.get(rule, 0) + 1
+    gates = case.gate_config()
+    return {
+        "case": case.name,
+        "runs": runs,
+        "requests": case.requests,
+        "rules": sequential_rules(gates, case.context()),
+        "alpha": gates.alpha,
+        "fail_alpha_per_rule": fail_alpha(gates, case.context(), len(case.candidates)),
+        "false_failure_rate": fails / runs,
+        "false_failures_by_rule": by_rule,
+    }
+
+
+def detection(case: Case, runs: int, seed: int) -> dict[str, Any]:
+    """After how many requests (per arm) the verdict first fails, per run."""
+    rng = np.random.default_rng(seed)
+    when: list[float] = []
+    for _ in range(runs):
+        first = [v for v in first_failures(case, rng).values() if v is not None]
+        when.append(min(first) if first else math.inf)
+    arr = np.asarray(when)
+    caught = np.isfinite(arr)
+    res: dict[str, Any] = {
+        "case": case.name,
+        "runs": runs,
+        "requests": case.requests,
+        "caught_share": float(caught.mean()),
+        "median_requests": float(np.quantile(arr, 0.5, method="inverted_cdf")),
+        "p90_requests": float(np.quantile(arr, 0.9, method="inverted_cdf")),
+    }
+    if case.rate_per_s:
+        res["median_seconds"] = res["median_requests"] / case.rate_per_s
+        res["p90_seconds"] = res["p90_requests"] / case.rate_per_s
+    return res

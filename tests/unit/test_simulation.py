@@ -1,0 +1,161 @@
+"""The simulation suite's fast cases: A/A verdicts looked at after every request stay
+within alpha, regressions are caught, and a simulated look decides as the gates do.
+
+The long runs (50,000 looks per arm, hundreds of runs) are bench/gate_statistics.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bench import simulation as sim
+from shadowline import rules, stats
+from shadowline.config import GateConfig
+
+ALPHA = 0.05
+HEALTHY = sim.Arm(error_rate=0.01, p99_ms=100.0)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        sim.Case("aa-shadow", HEALTHY, (HEALTHY,), requests=3000, probe_share=0.2),
+        sim.Case("aa-ab", HEALTHY, (HEALTHY,), paired=False, requests=3000),
+        sim.Case("aa-shadow-3", HEALTHY, (HEALTHY,) * 3, requests=2000, probe_share=0.2),
+        sim.Case(
+            "aa-accuracy-70",
+            sim.Arm(accuracy=0.7),
+            (sim.Arm(accuracy=0.7),),
+            gates={"max_accuracy_drop": 0.0},
+            requests=2000,
+        ),
+        sim.Case(
+            "aa-p99-increase",
+            HEALTHY,
+            (HEALTHY,),
+            gates={"max_p99_latency_increase_ms": 0.0},
+            requests=3000,
+            probe_share=0.5,
+        ),
+    ],  # fmt: skip
+    ids=lambda c: c.name,
+)
+def test_a_healthy_candidates_verdict_fails_at_most_alpha_at_every_look(case: sim.Case) -> None:
+    result = sim.aa_rate(case, runs=100, seed=3)
+    # 100 runs: a true rate at alpha would exceed 0.1 in under 2 % of suites.
+    assert result["false_failure_rate"] <= 2 * ALPHA, result
+
+
+def test_the_verdicts_budget_is_split_over_rules_and_candidates() -> None:
+    gates = GateConfig()
+    one = rules.fail_alpha(gates, rules.Context(), 1)
+    three = rules.fail_alpha(gates, rules.Context(), 3)
+    defaults = rules.sequential_rules(gates, rules.Context())
+    assert defaults == [
+        "max_error_rate", "max_error_rate_increase", "max_p99_latency_ms",
+        "max_p99_latency_ratio", "max_output_shift",
+    ]  # fmt: skip
+    assert one == pytest.approx(ALPHA / 5) and three == pytest.approx(ALPHA / 15)
+
+
+def test_a_doubling_of_errors_is_caught_by_the_relative_rule_alone() -> None:
+    only = {
+        "max_error_rate": False, "max_p99_latency_ms": False, "max_p99_latency_ratio": False,
+        "max_output_shift": False,
+    }  # fmt: skip
+    case = sim.Case(
+        "1-to-2", sim.Arm(error_rate=0.01), (sim.Arm(error_rate=0.02),), gates=only,
+        requests=20_000,
+    )  # fmt: skip
+    result = sim.detection(case, runs=20, seed=5)
+    assert result["caught_share"] == 1.0
+    assert result["median_requests"] < 6000, result
+
+
+def test_a_p99_regression_at_1000_rps_is_caught_within_30_seconds() -> None:
+    case = sim.Case(
+        "60-to-110", sim.Arm(error_rate=0.001, p99_ms=60.0),
+        (sim.Arm(error_rate=0.001, p99_ms=110.0),), requests=30_000, rate_per_s=1000.0,
+    )  # fmt: skip
+    result = sim.detection(case, runs=10, seed=6)
+    assert result["caught_share"] == 1.0 and result["p90_seconds"] <= 30, result
+
+
+def test_a_simulated_look_decides_as_the_gates_do() -> None:
+    # One shadow run with a candidate that errs, slows and drifts: at many looks,
+    # each rule's fail decision in the simulation equals rules.judge on the same counts.
+    rng = np.random.default_rng(9)
+    n = 1500
+    prod = sim.Arm(error_rate=0.01, p99_ms=50.0).draw(rng, n)
+    cand = sim.Arm(error_rate=0.03, p99_ms=120.0, classes=(0.35, 0.55, 0.1)).draw(rng, n)
+    gates = GateConfig(max_accuracy_drop=None)
+    fa = rules.fail_alpha(gates, rules.Context(), 1)
+    looks = np.arange(1, n + 1)
+    timed = ~cand["error"]
+    ok = ~prod["error"]
+    masks = {
+        "max_error_rate": sim._rate_fail(cand["error"], looks, 0.01, fa),
+        "max_error_rate_increase": sim._paired_fail(
+            cand["error"] & ~prod["error"], prod["error"] & ~cand["error"], 0.0, fa
+        ),
+        "max_p99_latency_ratio": sim._relative_p99_fail(
+            prod["latency"][ok],
+            ok,
+            cand["latency"][timed],
+            timed,
+            lambda q: max(q * 1.2, q + 10.0),
+            fa,
+        ),
+        "max_output_shift": sim._shift_fail(prod["label"], cand["label"], 0.1, fa),
+    }
+    decided = {name: 0 for name in masks}
+    for t in list(range(20, n, 37)) + [n - 1]:
+        k = t + 1
+        pe, ce = prod["error"][:k], cand["error"][:k]
+        p_lat, c_lat = prod["latency"][:k][ok[:k]], cand["latency"][:k][timed[:k]]
+        pl, cl = prod["label"][:k], cand["label"][:k]
+        classes = sorted(set(pl.tolist()) | set(cl.tolist()))
+        figures = {
+            "pairs": k, "candidate_errors": int(ce.sum()),
+            "candidate_only_errors": int((ce & ~pe).sum()),
+            "production_only_errors": int((pe & ~ce).sum()),
+            "candidate_latencies": len(c_lat), "production_latencies": len(p_lat),
+            "candidate_p99_ms": float(np.quantile(c_lat, 0.99)),
+            "production_p99_ms": float(np.quantile(p_lat, 0.99)),
+            "candidate_slow": int((c_lat > 100).sum()),
+            "candidate_top_ms": sorted(c_lat.tolist(), reverse=True),
+            "production_top_ms": sorted(p_lat.tolist(), reverse=True),
+        }  # fmt: skip
+        drift = {
+            "outputs": k, "bins": [str(c) for c in classes],
+            "up_counts": [int(((cl == c) & (pl != c)).sum()) for c in classes],
+            "down_counts": [int(((pl == c) & (cl != c)).sum()) for c in classes],
+        }  # fmt: skip
+        judged = {r.rule: r.outcome for r in rules.judge(gates, figures, drift, fail_alpha=fa)}
+        for name, mask in masks.items():
+            assert (judged[name] == "fail") == bool(mask[t]), (name, k, judged[name])
+            decided[name] += judged[name] == "fail"
+    # the comparison covered failing looks, not only quiet ones
+    assert all(v > 0 for v in decided.values()), decided
+
+
+def test_quantile_bounds_cover_the_true_p99_at_every_look() -> None:
+    rng = np.random.default_rng(4)
+    misses = 0
+    runs, n = 100, 3000
+    truth = math.exp(sim.Z99)  # p99 of a standard lognormal
+    least = stats.count_bound_table(n, 0.01, 2 / 0.05, -1)  # each side at alpha / 2
+    most = stats.count_bound_table(n, 0.01, 2 / 0.05, +1)
+    for _ in range(runs):
+        x = np.exp(rng.standard_normal(n))
+        above = np.cumsum(x > truth)
+        # the bounds fail exactly when the count above the truth leaves [least, most]
+        if np.any((above < least[1:]) | (above > most[1:])):
+            misses += 1
+    assert misses / runs <= 2 * 0.05
+    top = sorted(np.exp(rng.standard_normal(20_000)).tolist(), reverse=True)
+    lower, upper = stats.quantile_bounds(top, 20_000, 0.99, 0.05)
+    assert lower < truth < upper and upper / lower < 1.25
