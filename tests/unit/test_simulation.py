@@ -93,6 +93,7 @@ def test_a_simulated_look_decides_as_the_gates_do() -> None:
     cand = sim.Arm(error_rate=0.03, p99_ms=120.0, classes=(0.35, 0.55, 0.1)).draw(rng, n)
     gates = GateConfig(max_accuracy_drop=None)
     fa = rules.fail_alpha(gates, rules.Context(), 1)
+    ratio = gates.max_p99_latency_ratio or 1.0
     looks = np.arange(1, n + 1)
     timed = ~cand["error"]
     ok = ~prod["error"]
@@ -106,7 +107,7 @@ def test_a_simulated_look_decides_as_the_gates_do() -> None:
             ok,
             cand["latency"][timed],
             timed,
-            lambda q: max(q * 1.2, q + 10.0),
+            lambda q: max(q * ratio, q + gates.p99_latency_ratio_slack_ms),
             fa,
         ),
         "max_output_shift": sim._shift_fail(prod["label"], cand["label"], 0.1, fa),
