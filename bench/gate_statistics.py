@@ -6,8 +6,11 @@
 A/A cases report how often the whole default verdict ever fails a healthy candidate
 while it is looked at after every request up to ``--requests`` per arm (must stay
 within alpha). Regression cases report after how many requests per arm (or seconds
-at the case's rate) the verdict fails. Writes bench/results/gate_statistics.json and
-.md. The engine is bench/simulation.py (the gates' own tests, at every look).
+at the case's rate) the verdict fails. Interleaving cases report how many queries
+team-draft interleaving and an A/B split need to fail the worse of two rankers, under a
+position-based and a cascade click model (cases interleaving-pbm, interleaving-cascade).
+Writes bench/results/gate_statistics.json and .md. The engine is bench/simulation.py
+(the gates' own tests, at every look).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simulation import Arm, Case, aa_rate, detection  # noqa: E402
+from simulation import Arm, Case, aa_rate, detection, interleaving_power  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 ONLY_ERRORS = {
@@ -86,6 +89,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="runs per A/A case")
     parser.add_argument("--regression-runs", type=int, default=100, help="runs per regression")
     parser.add_argument("--requests", type=int, default=50_000, help="looks per arm and run")
+    parser.add_argument("--interleaving-runs", type=int, default=50, help="runs per click model")
     parser.add_argument("--seed", type=int, default=20261201)
     args = parser.parse_args()
     aa, regressions = cases(args.requests)
@@ -106,6 +110,15 @@ def main() -> None:
         res = detection(case, args.regression_runs, args.seed)
         res["seconds"] = round(time.perf_counter() - started, 1)
         results["regressions"].append(res)
+        print(json.dumps(res), flush=True)
+    results["interleaving"] = []
+    for model in ("pbm", "cascade"):
+        if wanted and f"interleaving-{model}" not in wanted:
+            continue
+        started = time.perf_counter()
+        res = interleaving_power(model, args.interleaving_runs, args.seed)
+        res["seconds"] = round(time.perf_counter() - started, 1)
+        results["interleaving"].append(res)
         print(json.dumps(res), flush=True)
     OUT.mkdir(exist_ok=True)
     (OUT / "gate_statistics.json").write_text(json.dumps(results, indent=2))
@@ -128,6 +141,18 @@ def main() -> None:
         lines.append(
             f"| {r['case']} | {r['runs']} | {r['caught_share']:.0%} | "
             f"{r['median_requests']:,.0f} | {r['p90_requests']:,.0f} | {secs} |"
+        )
+    lines += [
+        "",
+        "| click model | runs | interleaving: median queries | A/B: median queries "
+        "| A/B ÷ interleaving |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results["interleaving"]:
+        ratio = "" if r["ab_over_interleaving"] is None else f"{r['ab_over_interleaving']:.1f}x"
+        lines.append(
+            f"| {r['click_model']} | {r['runs']} | {r['interleaving_median_queries']:,.0f} | "
+            f"{r['ab_median_queries']:,.0f} | {ratio} |"
         )
     (OUT / "gate_statistics.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -304,3 +304,104 @@ def detection(case: Case, runs: int, seed: int) -> dict[str, Any]:
         res["median_seconds"] = res["median_requests"] / case.rate_per_s
         res["p90_seconds"] = res["p90_requests"] / case.rate_per_s
     return res
+
+
+# -- interleaving against A/B on the same pair of rankers ----------------------------
+
+LIST_LENGTH = 10
+CATALOGUE = 30
+
+
+@dataclass(frozen=True)
+class Rankers:
+    """Production ranks by attractiveness seen through noise ``production_noise``; the
+    candidate through more noise: it is the worse ranker, the verdict should fail it."""
+
+    production_noise: float = 0.3
+    candidate_noise: float = 0.6
+
+
+def _query(rng: np.random.Generator, rankers: Rankers) -> tuple[np.ndarray, list[int], list[int]]:
+    attract = rng.beta(0.6, 2.0, size=CATALOGUE)  # few attractive documents per query
+    prod = np.argsort(-(attract + rankers.production_noise * rng.standard_normal(CATALOGUE)))
+    cand = np.argsort(-(attract + rankers.candidate_noise * rng.standard_normal(CATALOGUE)))
+    return attract, prod[:LIST_LENGTH].tolist(), cand[:LIST_LENGTH].tolist()
+
+
+def clicks(
+    model: str, attract: np.ndarray, shown: list[int], rng: np.random.Generator
+) -> list[int]:
+    """Positions clicked: ``pbm`` (position-based: examined with 1/rank, clicked by
+    attractiveness, any number of clicks) or ``cascade`` (scanned from the top, the
+    first attractive document is clicked and the user stops)."""
+    out = []
+    for pos, doc in enumerate(shown):
+        if model == "pbm":
+            if rng.random() < attract[doc] / (pos + 1):
+                out.append(pos)
+        elif rng.random() < attract[doc]:
+            out.append(pos)
+            break
+    return out
+
+
+def interleaving_power(
+    click_model: str,
+    runs: int,
+    seed: int,
+    rankers: Rankers = Rankers(),  # noqa: B008  frozen, never mutated
+    max_queries: int = 200_000,
+) -> dict[str, Any]:
+    """Queries until the verdict fails the worse ranker: by team-draft interleaving with
+    the gate's sign test (``min_interleave_win_share`` 0.5), and by an A/B split with
+    the gate's A/B rule on the share of queries with a click (``max_conversion_rate_drop``
+    0). Both at alpha 0.05, looked at after every query; the merge is
+    ``shadowline.interleave.team_draft`` itself."""
+    from shadowline.interleave import team_draft
+
+    rng = np.random.default_rng(seed)
+    alpha = 0.05
+    bar = math.log(1 / alpha)
+    inter_n: list[float] = []
+    ab_n: list[float] = []
+    for run in range(runs):
+        wins = losses = 0
+        found = math.inf
+        for q in range(1, max_queries + 1):
+            attract, prod, cand = _query(rng, rankers)
+            merged, teams = team_draft({"p": prod, "c": cand}, seed * 1_000_003 + run * 7919 + q)
+            got = clicks(click_model, attract, merged[:LIST_LENGTH], rng)
+            c = sum(teams[pos] == "c" for pos in got)
+            p = len(got) - c
+            wins += c > p
+            losses += p > c
+            if wins + losses and wins < losses:
+                if stats._log_mixture_lr(wins, wins + losses, 0.5, -1) >= bar:
+                    found = q
+                    break
+        inter_n.append(found)
+        n_arm = [0, 0]
+        hit = [0, 0]
+        found = math.inf
+        for q in range(1, max_queries + 1):
+            attract, prod, cand = _query(rng, rankers)
+            arm = int(rng.integers(2))
+            n_arm[arm] += 1
+            hit[arm] += bool(clicks(click_model, attract, (prod, cand)[arm], rng))
+            if q % 10 == 0 and n_arm[0] and n_arm[1]:
+                d, v = stats.independent_rate_difference(hit[0], n_arm[0], hit[1], n_arm[1])
+                if stats.difference_test(d, v, 0.0, alpha, n_arm[1]).outcome == "fail":
+                    found = q
+                    break
+        ab_n.append(found)
+    med_i = float(np.quantile(inter_n, 0.5, method="inverted_cdf"))
+    med_ab = float(np.quantile(ab_n, 0.5, method="inverted_cdf"))
+    return {
+        "click_model": click_model,
+        "runs": runs,
+        "interleaving_median_queries": med_i,
+        "ab_median_queries": med_ab,
+        "ab_over_interleaving": med_ab / med_i if math.isfinite(med_ab / med_i) else None,
+        "interleaving_caught_share": float(np.isfinite(inter_n).mean()),
+        "ab_caught_share": float(np.isfinite(ab_n).mean()),
+    }
