@@ -99,6 +99,9 @@ class ModelCalls:
         self._fn = fn
         self.limit = limit
         self._running = 0
+        # Set when a wait for a slot was in vain, cleared when a call returns: a hung
+        # model then costs one wait, not one per call, until it answers again.
+        self._starved = False
         self._free = threading.Condition()
         self._pool = DaemonPool(limit, name)
 
@@ -107,12 +110,18 @@ class ModelCalls:
         """Calls started and not yet returned (including those past their timeout)."""
         return self._running
 
+    @property
+    def starved(self) -> bool:
+        """A wait for a slot was in vain and no call has returned since."""
+        return self._starved
+
     def start(self, arg: Any, wait_s: float = 0.0) -> Call | None:
         """Start ``fn(arg)``; waits up to ``wait_s`` for a free slot, else None."""
         with self._free:
-            if self._running >= self.limit and wait_s > 0:
+            if self._running >= self.limit and wait_s > 0 and not self._starved:
                 self._free.wait_for(lambda: self._running < self.limit, timeout=wait_s)
             if self._running >= self.limit:
+                self._starved = True
                 return None
             self._running += 1
         call = Call()
@@ -136,6 +145,7 @@ class ModelCalls:
     def _release(self) -> None:
         with self._free:
             self._running -= 1
+            self._starved = False
             self._free.notify()
 
     def saturated_error(self, role: str, name: str) -> str:

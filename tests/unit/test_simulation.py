@@ -160,3 +160,10 @@ def test_quantile_bounds_cover_the_true_p99_at_every_look() -> None:
     top = sorted(np.exp(rng.standard_normal(20_000)).tolist(), reverse=True)
     lower, upper = stats.quantile_bounds(top, 20_000, 0.99, 0.05)
     assert lower < truth < upper and upper / lower < 1.25
+
+
+def test_interleaving_needs_fewer_queries_than_ab_to_fail_the_worse_ranker() -> None:
+    for model in ("pbm", "cascade"):
+        result = sim.interleaving_power(model, runs=6, seed=2, max_queries=50_000)
+        assert result["interleaving_caught_share"] == 1.0, result
+        assert result["ab_median_queries"] > 2 * result["interleaving_median_queries"], result
