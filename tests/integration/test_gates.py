@@ -415,3 +415,46 @@ def test_dashboard_lists_experiments_and_serves_their_pages(gated: tuple[Path, A
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_text_experiment_passes_with_the_defaults_and_drift_is_judged(tmp_path: Path) -> None:
+    # Free text has no labels: its outputs are binned by length class, so a paraphrase
+    # passes every default rule while a candidate answering in two letters fails drift.
+    data = {
+        "warehouse": {"path": str(tmp_path / "wh"), "port": 1},
+        "experiments": [{
+            "name": "txt", "output": "text", "production_model": "prod",
+            "candidates": [
+                {"name": "para", "model": "tests.fixtures.models:EchoModel"},
+                {"name": "terse", "model": "tests.fixtures.models:EchoModel"},
+            ],
+        }],
+    }  # fmt: skip
+    path = tmp_path / "shadowline.toml"
+    path.write_text(tomli_w.dumps(data))
+    config = load_config(path)
+    exp = config.experiments[0]
+    answers = {
+        "prod": ["Paris is the capital of France.", "Water boils at 100 degrees Celsius."],
+        "para": ["The capital city of France is Paris.", "At sea level water boils at 100 C."],
+        "terse": ["ok", "no"],
+    }
+    out = []
+    for i in range(2000):
+        t = BASE_MS + i * 10
+        state = pairing.new_state(f"t{i}", exp, t, 0, t)
+        for role, name in (("production", "prod"), ("candidate", "para"), ("candidate", "terse")):
+            pred = Prediction(f"t{i}", "txt", role, name, answers[name][i % 2], 5.0, t)
+            out += pairing.on_prediction(state, pred, exp, t)
+    wh = Warehouse.open_owner(config)
+    try:
+        wh.insert_comparisons(out)
+    finally:
+        wh.close()
+    code, report = _check(path, "txt")
+    assert code == 1, report
+    para, terse = _rules(report, "para"), _rules(report, "terse")
+    assert {r["outcome"] for r in para.values()} == {"pass"}, para
+    assert terse["max_output_shift"]["outcome"] == "fail"
+    assert terse["max_output_shift"]["observed"] == pytest.approx(1.0)
+    assert "decided by 'length 1'" in terse["max_output_shift"]["detail"]  # "ok", "no"
