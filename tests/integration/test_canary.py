@@ -75,7 +75,7 @@ class Serving:
 
 @pytest.fixture
 def canary_setup(config_factory: Any, child_env: dict[str, str], tmp_path: Path) -> Any:
-    def make() -> tuple[Any, Path, Pipeline]:
+    def make(**canary: Any) -> tuple[Any, Path, Pipeline]:
         config, path = config_factory(
             [
                 {
@@ -88,7 +88,8 @@ def canary_setup(config_factory: Any, child_env: dict[str, str], tmp_path: Path)
                         "min_dwell_s": 2,
                         "min_samples": 600,
                         "check_interval_s": 0.5,
-                    },
+                    }
+                    | canary,
                 }
             ]
         )
@@ -100,8 +101,8 @@ def canary_setup(config_factory: Any, child_env: dict[str, str], tmp_path: Path)
 
     made: list[Pipeline] = []
 
-    def factory() -> tuple[Any, Path, Pipeline]:
-        out = make()
+    def factory(**canary: Any) -> tuple[Any, Path, Pipeline]:
+        out = make(**canary)
         made.append(out[2])
         return out
 
@@ -213,3 +214,21 @@ def test_regressed_candidate_is_rolled_back_automatically(canary_setup: Any) -> 
     assert [h["version"] for h in info["history"]] == sorted(
         (c.version for _, c in controls), reverse=True
     )[: len(info["history"])]
+
+
+def test_a_step_that_stays_undecided_ends_at_max_step_s_and_says_why(canary_setup: Any) -> None:
+    # 10 million requests per step can never be reached: the gates stay inconclusive,
+    # and after max_step_s the step ends as configured (rollback), naming what the gates
+    # were waiting for.
+    config, path, _ = canary_setup(min_samples=10_000_000, max_step_s=4)
+    with Serving(config, "ramp", regressed=False):
+        proc = _canary_run(path, timeout=60)
+    assert proc.returncode == 1, proc.stdout + (path.parent / "canary.log").read_text()
+    decisions = [c for _, c in _controls(config)]
+    holds = [c for c in decisions if c.reason.startswith("hold")]
+    assert holds and all("waiting for min_samples" in c.reason for c in holds), holds[:2]
+    assert any("have " in c.reason for c in holds)  # how many it has, of how many
+    last = decisions[-1]
+    assert last.reason.startswith("rollback: step 0 undecided after")
+    assert "max_step_s 4" in last.reason and last.weights["cand"] == 0.0
+    assert last.verdict == "inconclusive"
