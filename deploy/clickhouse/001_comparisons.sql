@@ -34,3 +34,11 @@ ENGINE = ReplacingMergeTree(revision)
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (experiment, candidate_model, request_id)
 SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Tables made before latencies carried their timing get the column (a no-op on tables
+-- made by the statement above), before any view reads it. Rows stored before it read
+-- NULL: the workers then shared a batch's time among its inputs, so the latency rules
+-- skip them.
+ALTER TABLE {db}.comparisons
+    ADD COLUMN IF NOT EXISTS candidate_timing LowCardinality(Nullable(String))
+    AFTER candidate_latency_ms;

@@ -2,7 +2,8 @@
 -- select from these views, so every panel's number has one definition here).
 
 -- Pairs, missing sides, errors, agreement, divergence and latencies per candidate.
-CREATE VIEW IF NOT EXISTS {db}.comparisons_minutely AS
+-- OR REPLACE: a warehouse made by an earlier version gets this definition at start.
+CREATE OR REPLACE VIEW {db}.comparisons_minutely AS
 SELECT
     experiment,
     candidate_model,
@@ -18,8 +19,9 @@ SELECT
     avgIf(divergence, divergence IS NOT NULL)                                      AS mean_divergence,
     quantileExactIf(0.5)(production_latency_ms, production_latency_ms IS NOT NULL) AS production_p50_ms,
     quantileExactIf(0.99)(production_latency_ms, production_latency_ms IS NOT NULL) AS production_p99_ms,
-    quantileExactIf(0.5)(candidate_latency_ms, candidate_latency_ms IS NOT NULL)   AS candidate_p50_ms,
-    quantileExactIf(0.99)(candidate_latency_ms, candidate_latency_ms IS NOT NULL)  AS candidate_p99_ms
+    -- candidate latencies timed on one request only (not a batch's time / its size)
+    quantileExactIf(0.5)(candidate_latency_ms, candidate_timing = 'request')       AS candidate_p50_ms,
+    quantileExactIf(0.99)(candidate_latency_ms, candidate_timing = 'request')      AS candidate_p99_ms
 FROM {db}.comparisons_final
 GROUP BY experiment, candidate_model, minute;
 

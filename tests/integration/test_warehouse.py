@@ -161,3 +161,45 @@ def test_a_table_from_an_older_version_is_rebuilt_with_the_new_key(owner):
     n = owner.query(f"SELECT count() AS n FROM {db}.feedback FINAL WHERE request_id = 'q'")
     assert n[0]["n"] == 2
     assert owner.rekey_tables() == []  # nothing left to do on the next start
+
+
+def test_a_comparisons_table_from_before_timing_gets_the_column_and_keeps_its_rows(owner):
+    """A warehouse made before latencies carried their timing: the DDL adds the column
+    (old rows read NULL, which the latency rules skip) before the views need it."""
+    from shadowline.warehouse import ddl_statements
+
+    db = owner.database
+    create = next(
+        s for s in ddl_statements(db) if "TABLE IF NOT EXISTS shadowline.comparisons" in s
+    )
+    old = "\n".join(line for line in create.splitlines() if "candidate_timing" not in line)
+    owner.command(f"DROP VIEW IF EXISTS {db}.comparisons_minutely")
+    owner.command(f"DROP VIEW IF EXISTS {db}.comparisons_final")
+    owner.command(f"DROP TABLE {db}.comparisons")
+    owner.command(old)
+    before = [c for c in COMPARISON_COLUMNS if c != "candidate_timing"]
+    rows = [[r._avro_record()[c] for c in before] for r in (row("old-1", experiment="up"),)]
+    owner.insert("comparisons", before, rows)
+    for stmt in ddl_statements(db):  # what the sink does at start
+        owner.command(stmt)
+    got = owner.query(
+        f"SELECT request_id, candidate_timing FROM {db}.comparisons_final WHERE experiment = 'up'"
+    )
+    assert got == [{"request_id": "old-1", "candidate_timing": None}]
+    owner.insert_comparisons(
+        [row("new-1", experiment="up", candidate_timing="request", candidate_latency_ms=7.0)]
+    )
+    minutely = owner.query(
+        f"SELECT sum(pairs) AS n, max(candidate_p99_ms) AS p99 FROM {db}.comparisons_minutely "
+        "WHERE experiment = 'up'"
+    )[0]
+    assert minutely["n"] == 2 and minutely["p99"] == 7.0  # only the row timed alone
+    columns = [
+        r["name"]
+        for r in owner.query(
+            "SELECT name FROM system.columns WHERE database = {d:String} AND table = 'comparisons' "
+            "ORDER BY position",
+            {"d": db},
+        )
+    ]
+    assert columns.index("candidate_timing") == columns.index("candidate_latency_ms") + 1

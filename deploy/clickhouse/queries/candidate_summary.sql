@@ -13,10 +13,11 @@ SELECT
     avgIf(divergence, divergence IS NOT NULL)                         AS mean_divergence,
     quantileExactIf(0.5)(production_latency_ms, production_latency_ms IS NOT NULL) AS production_p50_ms,
     quantileExactIf(0.99)(production_latency_ms, production_latency_ms IS NOT NULL) AS production_p99_ms,
-    quantileExactIf(0.5)(candidate_latency_ms, candidate_latency_ms IS NOT NULL)   AS candidate_p50_ms,
-    quantileExactIf(0.99)(candidate_latency_ms, candidate_latency_ms IS NOT NULL)  AS candidate_p99_ms,
-    quantileExactIf(0.5)(latency_delta_ms, latency_delta_ms IS NOT NULL)           AS latency_delta_p50_ms,
-    quantileExactIf(0.99)(latency_delta_ms, latency_delta_ms IS NOT NULL)          AS latency_delta_p99_ms
+    -- candidate latencies timed on one request only (not a batch's time / its size)
+    quantileExactIf(0.5)(candidate_latency_ms, candidate_timing = 'request')       AS candidate_p50_ms,
+    quantileExactIf(0.99)(candidate_latency_ms, candidate_timing = 'request')      AS candidate_p99_ms,
+    quantileExactIf(0.5)(latency_delta_ms, candidate_timing = 'request')           AS latency_delta_p50_ms,
+    quantileExactIf(0.99)(latency_delta_ms, candidate_timing = 'request')          AS latency_delta_p99_ms
 FROM {db}.comparisons_final
 WHERE experiment = {experiment:String}
 GROUP BY candidate_model
