@@ -108,6 +108,6 @@ def test_ab_split_with_feedback_is_judged_per_arm(
         assert rules["max_conversion_rate_drop"]["outcome"] == "fail"
         assert rules["max_error_rate"]["outcome"] == "pass"
         # Pair-only rules do not apply to arms that served different users.
-        assert "min_agreement" not in rules and "max_output_psi" not in rules
+        assert "min_agreement" not in rules and "max_output_shift" not in rules
     finally:
         pipeline.stop()
