@@ -216,3 +216,58 @@ def test_messages_written_with_an_earlier_schema_version_still_decode():
     )  # fmt: skip
     req = Request.from_message(b"r-1", buf.getvalue(), "avro/binary")
     assert (req.arm, req.arm_weight, req.inputs) == ("b", None, {"x": 1})
+
+
+def _old_bytes(path: str, record: dict) -> bytes:
+    import io
+    import json
+
+    import fastavro
+
+    raw = json.loads((codec.SCHEMA_DIR / "previous" / path).read_text())
+    fp = codec.crc64_avro(fastavro.schema.to_parsing_canonical_form(raw).encode())
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + fp.to_bytes(8, "little"))
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(codec._strip_logical_types(raw)), record)
+    return buf.getvalue()
+
+
+def test_predictions_and_comparisons_from_before_timing_still_decode():
+    # Written before latencies said how they were measured: a prediction reads as timed
+    # on its request (what the tap and other clients always measured), a comparison as
+    # of unknown timing (the latency rules skip it).
+    pred = Prediction.from_message(
+        b"r-1",
+        _old_bytes(
+            "prediction.2.avsc",
+            {
+                "request_id": "r-1",
+                "experiment": "e",
+                "role": "candidate",
+                "model": "m",
+                "output": "1",
+                "latency_ms": 2.5,
+                "error": None,
+                "event_time": 1795700000000,
+            },
+        ),  # fmt: skip
+        "avro/binary",
+    )
+    assert (pred.timing, pred.latency_ms, pred.output) == ("request", 2.5, 1)
+    t = 1795700000000
+    old = {
+        "request_id": "r-1", "experiment": "e", "event_time": t, "production_model": "p",
+        "candidate_model": "c", "status": "matched", "revision": 1, "output_type": "regression",
+        "agree": True, "divergence": 0.0, "metrics": {}, "production_output": "1",
+        "candidate_output": "1", "production_latency_ms": 1.0, "candidate_latency_ms": 2.0,
+        "latency_delta_ms": 1.0, "production_error": None, "candidate_error": None,
+        "unit_id": None, "arm": None, "joined_at": t,
+    }  # fmt: skip
+    comp = Comparison.from_message(b"r-1", _old_bytes("comparison.1.avsc", old), "avro/binary")
+    assert comp.candidate_timing is None and comp.candidate_latency_ms == 2.0
+    # and the current encoding carries the timing through
+    assert Prediction.from_message(b"r-1", pred.encode(), "avro/binary").timing == "request"
+    batched = Prediction("r-1", "e", "candidate", "m", 1, 0.1, t, timing="batch_share")
+    assert Prediction.from_message(b"r-1", batched.encode_json(), "application/json").timing == (
+        "batch_share"
+    )
