@@ -116,26 +116,27 @@ sampling = 1.0
 redact = {{ hash = ["patient_id"] }}
 
 [experiments.gates]
-# The forest costs several times the logistic regression it would replace (about 4x
-# at p99 here): a price this team accepts, so its relative latency budget is 5x, not
-# the default 1.2x. The absolute budget (p99 <= 100 ms) stays.
-max_p99_latency_ratio = 5.0
+# The forest costs several times the logistic regression it would replace (2.5-4x at
+# p99 on a busy 2-core machine): a price this team accepts, so it judges latency by the
+# absolute budget alone (p99 <= 100 ms) and turns the relative rule (default: at most
+# 1.2x production's p99) off.
+max_p99_latency_ratio = false
 
 [[experiments.candidates]]
 name = "forest"
 model = "file:models/forest.joblib"
 timeout_ms = 2000
 batch_size = 64
-# 1,500 of the demo's 5,000 requests timed alone: enough for the latency rules to
+# 1,000 of the demo's 5,000 requests timed alone: enough for the latency rule to
 # decide within the demo (the default 0.05 suits thousands of requests a second).
-latency_probe_share = 0.3
+latency_probe_share = 0.2
 
 [[experiments.candidates]]
 name = "rules"
 model = "shadowline.demo:rule_model"
 timeout_ms = 500
 batch_size = 64
-latency_probe_share = 0.3
+latency_probe_share = 0.2
 {_WARMUP}"""
     )
     return path
