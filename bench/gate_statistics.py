@@ -19,7 +19,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -94,31 +97,26 @@ def main() -> None:
     args = parser.parse_args()
     aa, regressions = cases(args.requests)
     wanted = set(args.case or [])
-    results: dict[str, list[dict]] = {"aa": [], "regressions": []}
-    for case in aa:
-        if wanted and case.name not in wanted:
+    jobs: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+        *(("aa", c.name, partial(aa_rate, c, args.runs, args.seed)) for c in aa),
+        *(
+            ("regressions", c.name, partial(detection, c, args.regression_runs, args.seed))
+            for c in regressions
+        ),
+        *(
+            ("interleaving", f"interleaving-{m}",
+             partial(interleaving_power, m, args.interleaving_runs, args.seed))
+            for m in ("pbm", "cascade")
+        ),
+    ]  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {"aa": [], "regressions": [], "interleaving": []}
+    for section, name, run in jobs:
+        if wanted and name not in wanted:
             continue
         started = time.perf_counter()
-        res = aa_rate(case, args.runs, args.seed)
+        res = run()
         res["seconds"] = round(time.perf_counter() - started, 1)
-        results["aa"].append(res)
-        print(json.dumps(res), flush=True)
-    for case in regressions:
-        if wanted and case.name not in wanted:
-            continue
-        started = time.perf_counter()
-        res = detection(case, args.regression_runs, args.seed)
-        res["seconds"] = round(time.perf_counter() - started, 1)
-        results["regressions"].append(res)
-        print(json.dumps(res), flush=True)
-    results["interleaving"] = []
-    for model in ("pbm", "cascade"):
-        if wanted and f"interleaving-{model}" not in wanted:
-            continue
-        started = time.perf_counter()
-        res = interleaving_power(model, args.interleaving_runs, args.seed)
-        res["seconds"] = round(time.perf_counter() - started, 1)
-        results["interleaving"].append(res)
+        results[section].append(res)
         print(json.dumps(res), flush=True)
     OUT.mkdir(exist_ok=True)
     (OUT / "gate_statistics.json").write_text(json.dumps(results, indent=2))
