@@ -159,3 +159,30 @@ def test_canary_schedule_and_mode_rules():
     )
     with pytest.raises(ConfigError, match="exactly one candidate"):
         parse_config({"experiments": [two]}, env={})
+
+
+def test_new_gate_candidate_and_canary_keys_are_validated():
+    gates = (
+        parse_config(
+            {"experiments": [dict(EXP, gates={"min_interleave_win_share": False})]}, env={}
+        )
+        .experiments[0]
+        .gates
+    )
+    assert gates.min_interleave_win_share is None  # the gate's own message says to do this
+    assert (gates.max_p99_latency_ratio, gates.max_output_shift) == (1.2, 0.1)
+    # the retired drift rules stop with a message naming their replacement...
+    with pytest.raises(ConfigError, match="max_output_psi.*max_output_shift"):
+        parse_config({"experiments": [dict(EXP, gates={"max_output_psi": 0.25})]}, env={})
+    # ...unless they only turn themselves off
+    parse_config({"experiments": [dict(EXP, gates={"max_output_psi": False})]}, env={})
+    cand = dict(EXP["candidates"][0], concurrency=32, max_in_flight=16)
+    with pytest.raises(ConfigError, match=r"concurrency \(32\) cannot exceed max_in_flight"):
+        parse_config({"experiments": [dict(EXP, candidates=[cand])]}, env={})
+    canary = dict(EXP, mode="canary", canary={"min_dwell_s": 600, "max_step_s": 60})
+    with pytest.raises(ConfigError, match=r"max_step_s \(60\) must be at least min_dwell_s"):
+        parse_config({"experiments": [canary]}, env={})
+    slow = dict(EXP, mode="canary", canary={"on_step_timeout": "promote", "max_step_s": 900})
+    assert parse_config({"experiments": [slow]}, env={}).experiments[0].canary.on_step_timeout == (
+        "promote"
+    )
