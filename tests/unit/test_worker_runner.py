@@ -36,7 +36,7 @@ def _requests(start: int, marks: dict[int, str]) -> list[Request]:
 def test_only_the_inputs_at_fault_fail_and_a_saturated_model_says_so() -> None:
     model = HangsOnMarked()
     cfg = CandidateConfig(
-        name="c", model="x:y", batch_size=8, timeout_ms=100, max_in_flight=4, concurrency=2,
+        name="c", model="x:y", batch_size=8, timeout_ms=1000, max_in_flight=4, concurrency=2,
         latency_probe_share=0.0,
     )  # fmt: skip
     runner = CandidateRunner(cfg, model)
@@ -44,8 +44,8 @@ def test_only_the_inputs_at_fault_fail_and_a_saturated_model_says_so() -> None:
     try:
         first = runner.run(_requests(0, {3: "hang", 5: "bad"}), stats)
         assert [o.output for o in first] == [0, 1, 2, None, 4, None, 6, 7]
-        assert first[3].error == "TimeoutError: candidate 'c' took longer than 100 ms"
-        assert first[3].latency_ms == 100.0
+        assert first[3].error == "TimeoutError: candidate 'c' took longer than 1000 ms"
+        assert first[3].latency_ms == 1000.0
         assert first[5].error == "RuntimeError: bad input"
         assert {o.timing for o in first} == {"request"}  # all re-run alone
         # A healthy batch keeps its batched timing.
