@@ -128,17 +128,41 @@ def _write_properties(b: LocalBroker, config: Config) -> Path:
     return props
 
 
-def _check_port_free(host: str, port: int, what: str) -> None:
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``host:port`` now (as Java binds: with SO_REUSEADDR,
+    so a port in TIME_WAIT counts as free)."""
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError as exc:
-            raise BrokerError(
-                f"{host}:{port}, needed by {what}, is in use ({exc.strerror}); "
-                "choose another kafka.bootstrap_servers port"
-            ) from exc
+        except OSError:
+            return False
+    return True
+
+
+def wait_ports_free(host: str, ports: tuple[int, ...], timeout: float) -> list[int]:
+    """Wait up to ``timeout`` for every port to be free; returns those still taken."""
+    deadline = time.monotonic() + timeout
+    while True:
+        taken = [p for p in ports if not port_free(host, p)]
+        if not taken or time.monotonic() >= deadline:
+            return taken
+        time.sleep(0.1)
+
+
+def _check_ports_free(b: LocalBroker) -> None:
+    # A broker stopped a moment ago may still be closing its listeners (its command
+    # line is gone before its sockets are): give it a few seconds, then name the port.
+    taken = wait_ports_free(b.host, (b.port, b.controller_port), timeout=15.0)
+    if taken:
+        what = {b.port: "the broker", b.controller_port: "the broker's controller (port + 1)"}
+        port = taken[0]
+        raise BrokerError(
+            f"{b.host}:{port}, needed by {what[port]}, is in use; "
+            "choose another kafka.bootstrap_servers port"
+        )
 
 
 def up(config: Config, timeout: float = 90.0) -> str:
@@ -159,7 +183,7 @@ def up(config: Config, timeout: float = 90.0) -> str:
         )  # fmt: skip
         if fmt.returncode != 0:
             raise BrokerError(f"formatting Kafka storage failed: {fmt.stderr.strip()[-500:]}")
-    _check_port_free(b.host, b.controller_port, "the broker's controller (port + 1)")
+    _check_ports_free(b)
     with open(b.data_dir / "broker.out", "ab") as out:
         proc = subprocess.Popen(
             [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
@@ -195,6 +219,8 @@ def down(config: Config, timeout: float = 30.0) -> str:
     while time.monotonic() < deadline:
         if b.pid() is None:
             b.pid_file.unlink(missing_ok=True)
+            # Done only when its ports are free: the next `kafka up` binds them at once.
+            wait_ports_free(b.host, (b.port, b.controller_port), deadline - time.monotonic())
             return f"kafka stopped (pid {pid})"
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
