@@ -20,6 +20,19 @@ from typing import Any
 from shadowline.errors import describe
 
 
+def saturated_error(role: str, name: str, why: str) -> str:
+    """The error a request records when its model was not called, and why."""
+    return f"shadowline.calls.SaturatedError: {role} {name!r} was not called: {why}"
+
+
+def slots_held(limit: int) -> str:
+    """Why a call was refused when every one of a model's ``limit`` slots is held."""
+    return (
+        f"all {limit} of its call slots are held by calls still running (past their "
+        "timeout if it is hung)"
+    )
+
+
 class DaemonPool:
     """Daemon threads started as needed up to ``max_workers``, reused when idle."""
 
@@ -150,11 +163,7 @@ class ModelCalls:
 
     def saturated_error(self, role: str, name: str) -> str:
         """The error recorded for a call refused because every slot is held."""
-        return (
-            f"shadowline.calls.SaturatedError: {role} {name!r} was not called: all "
-            f"{self.limit} of its call slots are held by calls still running (past their "
-            "timeout if it is hung)"
-        )
+        return saturated_error(role, name, slots_held(self.limit))
 
     def close(self) -> None:
         """Stop idle threads; calls still running end with the model or the process."""

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shadowline.calls import DaemonPool
+from shadowline.calls import DaemonPool, saturated_error, slots_held
 from shadowline.config import Config, ExperimentConfig
 from shadowline.divergence import OutputError, ranking
 from shadowline.envelopes import now_ms
@@ -239,8 +239,7 @@ class Interleave:
                 for slot in self._slots:
                     self._skipped(
                         slot, rid, event_time,
-                        f"shadowline.calls.SaturatedError: {slot.role} {slot.name!r} was not "
-                        f"called: {self._max_inbox} requests were already waiting for their "
+                        f"{self._max_inbox} requests were already waiting for their "
                         "candidates to start",
                     )  # fmt: skip
             else:
@@ -329,12 +328,7 @@ class Interleave:
                 call = _Call(time.monotonic() + slot.timeout_s, rid, event_time)
                 self._pending[slot.name][key] = call
         if saturated:
-            self._skipped(
-                slot, rid, event_time,
-                f"shadowline.calls.SaturatedError: {slot.role} {slot.name!r} was not called: "
-                f"all {self._max_in_flight} of its call slots are held by calls still running "
-                "(past their timeout if it is hung)",
-            )  # fmt: skip
+            self._skipped(slot, rid, event_time, slots_held(self._max_in_flight))
             return None
         try:
             self._pool.submit(self._run, slot, key, call, inputs, rid, event_time)
@@ -345,13 +339,14 @@ class Interleave:
             raise
         return call
 
-    def _skipped(self, slot: _Slot, rid: str, event_time: int, error: str) -> None:
+    def _skipped(self, slot: _Slot, rid: str, event_time: int, why: str) -> None:
         """A call that was not made is recorded as what it is: an error with its reason
         (never left to read as a lost prediction, ``missing_candidate``)."""
         self.counters.skipped_overloaded += 1
         self._mirror.record_prediction(
             experiment=self.experiment.name, request_id=rid, role=slot.role, model=slot.name,
-            output=None, latency_ms=0.0, error=error, event_time=event_time,
+            output=None, latency_ms=0.0, error=saturated_error(slot.role, slot.name, why),
+            event_time=event_time,
         )  # fmt: skip
 
     def _run(
