@@ -200,8 +200,6 @@ def context(experiment: ExperimentConfig) -> Context:
     """What the experiment's rules depend on besides its gates."""
     return Context(
         paired=experiment.mode not in SERVED_MODES,
-        output=experiment.output,
-        has_secondary=experiment.secondary is not None,
         interleaved_ranking=experiment.mode == "interleave" and experiment.output == "ranking",
     )
 

@@ -42,8 +42,6 @@ class Context:
 
     # shadow and interleave: both models answered the same requests
     paired: bool = True
-    output: str = "classification"
-    has_secondary: bool = False
     # interleave mode with rankings: team-draft lists judged from clicks
     interleaved_ranking: bool = False
 
