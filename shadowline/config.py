@@ -114,6 +114,13 @@ class WarehouseConfig(_Frozen):
     ca_cert: str | None = None
     # embedded: the HTTP endpoint is read-only unless this is true (operators, fault tests)
     http_writable: bool = False
+    # embedded: a read over the HTTP endpoint is stopped after this long
+    http_timeout_s: float = Field(60.0, gt=0, le=3600)
+    # embedded: credentials the HTTP endpoint asks for (basic auth or X-ClickHouse-User /
+    # X-ClickHouse-Key); none by default (loopback only)
+    # env: SHADOWLINE_WAREHOUSE_HTTP_USER / SHADOWLINE_WAREHOUSE_HTTP_PASSWORD
+    http_user: str | None = Field(None, min_length=1, max_length=200)
+    http_password: SecretStr | None = None
     flush_interval_s: float = Field(1.0, gt=0, le=60)
     batch_size: int = Field(5000, ge=1)
 
@@ -124,6 +131,8 @@ class WarehouseConfig(_Frozen):
                 "backend 'clickhouse' needs url (or SHADOWLINE_WAREHOUSE_URL), "
                 "e.g. http://user:pass@host:8123/db"
             )
+        if (self.http_user is None) != (self.http_password is None):
+            raise ValueError("http_user and http_password are set together (or neither)")
         return self
 
 
@@ -423,6 +432,8 @@ ENV_OVERRIDES: dict[tuple[str, str], str] = {
     ("warehouse", "backend"): "SHADOWLINE_WAREHOUSE_BACKEND",
     ("warehouse", "url"): "SHADOWLINE_WAREHOUSE_URL",
     ("warehouse", "port"): "SHADOWLINE_WAREHOUSE_PORT",
+    ("warehouse", "http_user"): "SHADOWLINE_WAREHOUSE_HTTP_USER",
+    ("warehouse", "http_password"): "SHADOWLINE_WAREHOUSE_HTTP_PASSWORD",
 }
 
 

@@ -14,10 +14,10 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from shadowline.config import Config
 from shadowline.envelopes import Comparison, Control, Feedback, Prediction, Request
@@ -35,11 +35,6 @@ COMPARISON_COLUMNS = (
     "latency_delta_ms",
     "production_error", "candidate_error", "unit_id", "arm", "joined_at",
 )  # fmt: skip
-
-_READ_STATEMENT = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", re.I)
-_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
-_FORMAT_TAIL = re.compile(r"\s+FORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.I)
-_ERROR_CODE = re.compile(r"Code:\s*(\d+)")
 
 
 def ddl_statements(database: str) -> list[str]:
@@ -266,16 +261,19 @@ class Warehouse:
     # -- the embedded owner's HTTP endpoint --------------------------------------
 
     def serve_http(self, host: str = "127.0.0.1", port: int | None = None) -> ThreadingHTTPServer:
-        """Serve the ClickHouse HTTP interface (read-only) from this embedded owner."""
+        """Serve the ClickHouse HTTP interface from this embedded owner (read-only unless
+        ``warehouse.http_writable``; see ``shadowline.warehouse_http``)."""
         if self.config.warehouse.backend != "embedded" or not self.owner:
             raise WarehouseError("only the embedded warehouse's owner serves HTTP")
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise WarehouseError("the embedded warehouse serves HTTP on loopback only")
-        server = ThreadingHTTPServer((host, port or self.config.warehouse.port), _handler(self))
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, name="warehouse-http", daemon=True)
-        thread.start()
-        return server
+        from shadowline import warehouse_http
+
+        return warehouse_http.serve(self, host, port or self.config.warehouse.port)
+
+    def data_path(self) -> str:
+        """The embedded data directory, resolved."""
+        return os.path.realpath(self.config.resolve_path(self.config.warehouse.path))
 
     def _raw_query(self, sql: str, fmt: str, params: dict[str, str]) -> bytes:
         backend = self._client._backend  # the chdb backend's connection handle
@@ -283,78 +281,6 @@ class Warehouse:
             backend._use_database_locked(self.database)
             result = backend._handle.conn.query(sql, fmt, params=params)
         return bytes(result.bytes())
-
-
-def _handler(warehouse: Warehouse) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "shadowline-embedded"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            return None
-
-        def _answer(self, code: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(code)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _fail(self, code: int, ch_code: int, message: str) -> None:
-            self._answer(
-                code,
-                f"Code: {ch_code}. DB::Exception: {message}\n".encode(),
-                {"X-ClickHouse-Exception-Code": str(ch_code), "Content-Type": "text/plain"},
-            )
-
-        def _handle(self, body: bytes) -> None:
-            url = urlsplit(self.path)
-            if url.path in ("/ping", "/ping/"):
-                self._answer(200, b"Ok.\n", {"Content-Type": "text/plain"})
-                return
-            params = dict(parse_qsl(url.query, keep_blank_values=True))
-            sql = params.get("query", "")
-            text = body.decode("utf-8", "replace") if body else ""
-            sql = f"{sql}\n{text}" if sql and text else (sql or text)
-            if not sql.strip():
-                self._answer(200, b"Ok.\n", {"Content-Type": "text/plain"})
-                return
-            writable = warehouse.config.warehouse.http_writable
-            if not writable and not _READ_STATEMENT.match(_COMMENTS.sub(" ", sql)):
-                self._fail(403, 164, "the embedded warehouse is read-only over HTTP (readonly)")
-                return
-            fmt = "TabSeparated"
-            match = _FORMAT_TAIL.search(sql)
-            if match:
-                fmt = match.group(1)
-                sql = sql[: match.start()]
-            bind = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
-            try:
-                data = warehouse._raw_query(sql, fmt, bind)
-            except Exception as exc:
-                text_err = str(exc)
-                code = _ERROR_CODE.search(text_err)
-                self._fail(500, int(code.group(1)) if code else 1000, _short(exc))
-                return
-            self._answer(
-                200,
-                data,
-                {
-                    "Content-Type": "application/octet-stream",
-                    "X-ClickHouse-Format": fmt,
-                    "X-ClickHouse-Timezone": "UTC",
-                    "X-ClickHouse-Query-Id": params.get("query_id", ""),
-                },
-            )
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._handle(b"")
-
-        def do_POST(self) -> None:  # noqa: N802
-            length = int(self.headers.get("Content-Length") or 0)
-            self._handle(self.rfile.read(length) if length else b"")
-
-    return Handler
 
 
 def _short(exc: BaseException) -> str:
@@ -392,10 +318,13 @@ def _server_client(config: Config, database: str | None) -> Any:
 
 
 def _loopback_client(config: Config) -> Any:
+    wh = config.warehouse
     return _connect(
         host="127.0.0.1",
-        port=config.warehouse.port,
-        database=config.warehouse.database,
+        port=wh.port,
+        database=wh.database,
+        username=wh.http_user or "default",
+        password=wh.http_password.get_secret_value() if wh.http_password else "",
         compress=False,
         connect_timeout=5,
     )
