@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/shadowline: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,text]"
+	$(BIN)/pip install -q -c .ci/constraints.txt -e ".[dev,text]"
 	@touch $@
 
 setup: $(BIN)/shadowline  ## venv + dependencies (Kafka jars come on first `kafka up`)

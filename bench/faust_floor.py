@@ -21,9 +21,9 @@ from typing import Any
 
 import faust
 from faust.worker import Worker
+from shadowline.streams.joiner import tune_gc
 
 from shadowline.config import load_config
-from streams.joiner import tune_gc
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ ROOT = BENCH.parent
 OUT = BENCH / "results"
 sys.path.insert(0, str(ROOT))
 
-from consumers.worker import is_probe  # noqa: E402
+from shadowline.consumers.worker import is_probe  # noqa: E402
+
 from shadowline import kafka  # noqa: E402
 from shadowline.config import load_config  # noqa: E402
 from shadowline.supervisor import Pipeline  # noqa: E402

@@ -19,8 +19,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.deadletter import DeadLetters
-from consumers.loop import commit, flush_all, stop_on_signals, usable
+from shadowline.consumers.deadletter import DeadLetters
+from shadowline.consumers.loop import commit, flush_all, stop_on_signals, usable
+
 from shadowline import kafka
 from shadowline.config import SERVED_MODES, Config
 from shadowline.envelopes import Comparison, Control, Feedback, Prediction, Request

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from consumers.deadletter import DeadLetters
-from consumers.loop import commit, flush_all, stop_on_signals, usable
+from shadowline.consumers.deadletter import DeadLetters
+from shadowline.consumers.loop import commit, flush_all, stop_on_signals, usable
+
 from shadowline import kafka
 from shadowline.calls import Call, ModelCalls
 from shadowline.config import IN_PROCESS_MODES, SERVED_MODES, CandidateConfig, Config

@@ -7,6 +7,7 @@ listens on the host and port of ``kafka.bootstrap_servers`` (loopback).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -19,9 +20,20 @@ from pathlib import Path
 from shadowline.config import Config
 from shadowline.errors import BrokerError
 from shadowline.kafka import ping
+from shadowline.resources import data_dir
 
-KAFKA_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kafka"
-LIB_DIR = KAFKA_DIR / "lib"
+KAFKA_DIR = data_dir("shadowline.kafka_broker", "pom.xml")
+
+
+def _lib_dir() -> Path:
+    # The jars go to a per-user cache, never into the installed package; one folder per
+    # POM, so a POM that changes versions fetches its own jars.
+    digest = hashlib.sha256((KAFKA_DIR / "pom.xml").read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get("SHADOWLINE_KAFKA_LIB") or cache / "shadowline" / f"kafka-{digest}")
+
+
+LIB_DIR = _lib_dir()
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,15 @@ def fetch_jars() -> None:
         return
     mvn = _need("mvn", "Maven 3 (Debian: apt-get install maven)")
     proc = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(KAFKA_DIR / "pom.xml"), "dependency:copy-dependencies"],
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(KAFKA_DIR / "pom.xml"),
+            f"-Dshadowline.lib={LIB_DIR}",
+            "dependency:copy-dependencies",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         check=False,

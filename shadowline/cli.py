@@ -11,6 +11,7 @@ import click
 
 from shadowline.config import DEFAULT_CONFIG, Config, load_config
 from shadowline.errors import ConfigError, ShadowlineError
+from shadowline.extras import MissingExtra
 
 config_option = click.option(
     "-c",
@@ -129,15 +130,15 @@ def run(component: str, config_path: str, log_level: str) -> None:
     config = _load(config_path)
     stats: object
     if component == "worker":
-        from consumers.worker import Worker
+        from shadowline.consumers.worker import Worker
 
         stats = Worker(config).run()
     elif component == "sink":
-        from consumers.sink import Sink
+        from shadowline.consumers.sink import Sink
 
         stats = Sink(config).run()
     else:
-        from streams.joiner import run as run_joiner
+        from shadowline.streams.joiner import run as run_joiner
 
         run_joiner(config, loglevel=log_level)
         return
@@ -466,6 +467,12 @@ def main() -> None:
         sys.exit(3 if verdicts else 2)
     except ShadowlineError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(3 if verdicts else 1)
+    except ModuleNotFoundError as exc:
+        missing = MissingExtra.for_module(exc.name or "")
+        if missing is None:
+            raise
+        click.echo(f"error: {missing}", err=True)
         sys.exit(3 if verdicts else 1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -24,8 +24,9 @@ import orjson
 from fastavro.schema import to_parsing_canonical_form
 
 from shadowline.errors import ValueDecodeError
+from shadowline.resources import data_dir
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = data_dir("shadowline.schemas", "request.avsc")
 MAGIC = b"\xc3\x01"
 AVRO = "avro/binary"
 JSON = "application/json"

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rapidfuzz.distance import Levenshtein
-
 from shadowline.errors import ShadowlineError
 
 PROB_SUM_TOLERANCE = 1e-3
@@ -234,7 +232,7 @@ def text_metrics(a: str, b: str, similarity: Similarity | None = None) -> dict[s
     """Exact match, normalised edit distance, token F1 and (given) semantic similarity."""
     metrics = {
         "exact_match": float(a.strip() == b.strip()),
-        "edit_distance": Levenshtein.normalized_distance(a, b),
+        "edit_distance": _levenshtein().normalized_distance(a, b),
         "token_f1": token_f1(a, b),
     }
     if similarity is not None:
@@ -322,3 +320,11 @@ def compare(
         )
         return Divergence(metrics["exact_match"] == 1.0, headline, metrics)
     raise ValueError(f"unknown output type {output_type!r}")
+
+
+def _levenshtein() -> Any:
+    # rapidfuzz comes with the pipeline extra: the serving side imports this module for
+    # the ranking and output checks only.
+    from shadowline.extras import need
+
+    return need("rapidfuzz.distance", "pipeline").Levenshtein

@@ -15,18 +15,19 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from http.server import ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from shadowline.config import Config
 from shadowline.envelopes import Comparison, Control, Feedback, Prediction, Request
 from shadowline.errors import Backpressure, WarehouseError
+from shadowline.resources import data_dir
 
 log = logging.getLogger(__name__)
 
-DDL_DIR = Path(__file__).resolve().parent.parent / "deploy" / "clickhouse"
+DDL_DIR = data_dir("shadowline.clickhouse", "001_comparisons.sql")
 QUERY_DIR = DDL_DIR / "queries"
+DDL_FILES = 7  # 001_comparisons.sql .. 007_models.sql
 
 COMPARISON_COLUMNS = (
     "event_time", "experiment", "request_id", "production_model", "candidate_model", "status",
@@ -40,7 +41,13 @@ COMPARISON_COLUMNS = (
 def ddl_statements(database: str) -> list[str]:
     """The DDL of ``deploy/clickhouse/*.sql`` for ``database``, one statement each."""
     out = [f"CREATE DATABASE IF NOT EXISTS {database}"]
-    for path in sorted(DDL_DIR.glob("*.sql")):
+    paths = sorted(DDL_DIR.glob("*.sql"))
+    if len(paths) < DDL_FILES:
+        raise WarehouseError(
+            f"{DDL_DIR} holds {len(paths)} DDL files, {DDL_FILES} expected "
+            "(a broken install: reinstall shadowline)"
+        )
+    for path in paths:
         text = path.read_text().replace("{db}", database)
         body = "\n".join(line for line in text.splitlines() if not line.strip().startswith("--"))
         out.extend(s.strip() for s in body.split(";") if s.strip())

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from shadowline.streams import pairing
 
 from shadowline import kafka as kafka_clients
 from shadowline.config import SERVED_MODES, Config, ExperimentConfig
@@ -31,7 +32,6 @@ from shadowline.embeddings import similarity_for
 from shadowline.envelopes import Comparison, DeadLetter, Prediction, Request, now_ms
 from shadowline.errors import DecodeError, KafkaError
 from shadowline.metrics import ComponentMetrics
-from streams import pairing
 
 log = logging.getLogger("shadowline.joiner")
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import tomli_w
+from shadowline.streams import pairing
 
 from shadowline.config import load_config
 from shadowline.envelopes import Comparison, Prediction
 from shadowline.warehouse import Warehouse
-from streams import pairing
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_MS = 1_790_000_000_000  # 2026-09-21, a fixed past so ranges are reproducible

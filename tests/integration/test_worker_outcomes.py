@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from shadowline.consumers.worker import is_probe
 
-from consumers.worker import is_probe
 from shadowline.tap import Mirror
 from tests.integration.helpers import rows, start_pipeline, wait_for
 

@@ -1,6 +1,7 @@
+from shadowline.streams import pairing
+
 from shadowline.config import parse_config
 from shadowline.envelopes import Prediction, Request
-from streams import pairing
 
 CFG = parse_config(
     {

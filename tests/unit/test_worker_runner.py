@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from consumers.worker import CandidateRunner, WorkerStats
+from shadowline.consumers.worker import CandidateRunner, WorkerStats
+
 from shadowline.config import CandidateConfig
 from shadowline.envelopes import Request, now_ms
 

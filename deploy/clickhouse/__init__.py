@@ -1,0 +1,1 @@
+"""Package data: the warehouse DDL and named queries (installed as ``shadowline.clickhouse``)."""

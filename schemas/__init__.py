@@ -1,0 +1,1 @@
+"""Package data: the Avro schemas of every topic (installed as ``shadowline.schemas``)."""
