@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -57,12 +58,30 @@ class KafkaConfig(_Frozen):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: str | None = None
+    # mTLS: the client's certificate and private key (PEM files), the key's password
+    # env: SHADOWLINE_KAFKA_SSL_KEY_PASSWORD
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
     # Extra librdkafka properties passed verbatim to every client.
     client: dict[str, str | int | float | bool] = Field(default_factory=dict)
     # Where `shadowline kafka up` keeps the local broker's storage and logs.
     local_data_dir: str = ".shadowline/kafka"
     # Largest message a producer sends and the broker accepts.
     max_message_bytes: int = Field(1_048_576, ge=1024)
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> KafkaConfig:
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError(
+                "ssl_certificate_location and ssl_key_location are set together (mTLS)"
+            )
+        if self.ssl_certificate_location and self.security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(
+                f"a client certificate needs security_protocol SSL or SASL_SSL, not "
+                f"{self.security_protocol}"
+            )
+        return self
 
     @field_validator("namespace")
     @classmethod
@@ -273,7 +292,11 @@ class GateConfig(_Frozen):
                 )
         # TOML has no null: `max_error_rate = false` is how a default rule is turned off.
         retired = ("max_output_psi", "max_output_jsd")
-        return {k: None if v is False and k.startswith(("max_", "min_")) else v
+        switchable = {
+            name for name, f in cls.model_fields.items()
+            if f.default is None or type(None) in typing.get_args(f.annotation)
+        }  # fmt: skip
+        return {k: None if v is False and k in switchable else v
                 for k, v in data.items() if k not in retired}  # fmt: skip
 
 
@@ -429,6 +452,7 @@ ENV_OVERRIDES: dict[tuple[str, str], str] = {
     ("kafka", "sasl_mechanism"): "SHADOWLINE_KAFKA_SASL_MECHANISM",
     ("kafka", "sasl_username"): "SHADOWLINE_KAFKA_SASL_USERNAME",
     ("kafka", "sasl_password"): "SHADOWLINE_KAFKA_SASL_PASSWORD",
+    ("kafka", "ssl_key_password"): "SHADOWLINE_KAFKA_SSL_KEY_PASSWORD",
     ("warehouse", "backend"): "SHADOWLINE_WAREHOUSE_BACKEND",
     ("warehouse", "url"): "SHADOWLINE_WAREHOUSE_URL",
     ("warehouse", "port"): "SHADOWLINE_WAREHOUSE_PORT",
@@ -467,6 +491,9 @@ def _format_validation(source: str, exc: ValidationError) -> str:
             lines.append(f"  {where}: required key is missing")
         elif err["type"] == "extra_forbidden":
             lines.append(f"  {where}: unknown key (value {shown}); check the spelling")
+        elif isinstance(value, dict):  # a section's own check: its keys may hold secrets
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where}: {msg}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  {where} = {shown}: {msg}")

@@ -7,6 +7,9 @@ librdkafka itself connects lazily in the background.
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +28,41 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from shadowline.config import Config, KafkaConfig
 from shadowline.errors import KafkaError
 
+_DIGITS = re.compile(r"\d+")
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a librdkafka message through once per ``interval_s``: a broker that is down
+    is retried every few milliseconds by every client thread, and each retry logs the
+    same line (only its timings differ). A repeat that ends a quiet interval says how
+    many were held back."""
+
+    def __init__(self, interval_s: float = 60.0, max_keys: int = 1000) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._seen: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = _DIGITS.sub("#", record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            last = self._seen.get(key)
+            if last is not None and now - last[0] < self.interval_s:
+                self._seen[key] = (last[0], last[1] + 1)
+                return False
+            if len(self._seen) >= self.max_keys:  # bounded: forget the oldest
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[key] = (now, 0)
+        if last is not None and last[1]:
+            record.msg = f"{record.getMessage()} (repeated {last[1]} times before this)"
+            record.args = ()
+        return True
+
+
 _RDKAFKA_LOG = logging.getLogger("shadowline.rdkafka")
+_RDKAFKA_LOG.addFilter(RepeatFilter())
 PARTITION_EOF = _RdKafkaError._PARTITION_EOF
 UNKNOWN_TOPIC = _RdKafkaError.UNKNOWN_TOPIC_OR_PART
 
@@ -87,6 +124,12 @@ def client_settings(cfg: KafkaConfig) -> dict[str, Any]:
         out["sasl.password"] = cfg.sasl_password.get_secret_value()
     if cfg.ssl_ca_location:
         out["ssl.ca.location"] = cfg.ssl_ca_location
+    if cfg.ssl_certificate_location:
+        out["ssl.certificate.location"] = cfg.ssl_certificate_location
+    if cfg.ssl_key_location:
+        out["ssl.key.location"] = cfg.ssl_key_location
+    if cfg.ssl_key_password:
+        out["ssl.key.password"] = cfg.ssl_key_password.get_secret_value()
     out.update(cfg.client)
     # librdkafka logs through Python logging, not straight onto the service's stderr.
     out.setdefault("logger", _RDKAFKA_LOG)

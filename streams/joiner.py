@@ -124,24 +124,31 @@ def _broker_url(config: Config) -> list[str]:
     return [f"kafka://{hp.strip()}" for hp in config.kafka.bootstrap_servers.split(",")]
 
 
+def _ssl_context(config: Config) -> Any:
+    import ssl
+
+    k = config.kafka
+    ctx = ssl.create_default_context(cafile=k.ssl_ca_location)
+    if k.ssl_certificate_location:  # mTLS: the same client certificate librdkafka uses
+        ctx.load_cert_chain(
+            k.ssl_certificate_location,
+            k.ssl_key_location,
+            k.ssl_key_password.get_secret_value() if k.ssl_key_password else None,
+        )
+    return ctx
+
+
 def _credentials(config: Config) -> Any:
     k = config.kafka
     if k.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
-        import ssl
-
-        ctx = None
-        if k.security_protocol == "SASL_SSL":
-            ctx = ssl.create_default_context(cafile=k.ssl_ca_location)
         return faust.SASLCredentials(
             username=k.sasl_username,
             password=k.sasl_password.get_secret_value() if k.sasl_password else None,
             mechanism=k.sasl_mechanism or "PLAIN",
-            ssl_context=ctx,
+            ssl_context=_ssl_context(config) if k.security_protocol == "SASL_SSL" else None,
         )
     if k.security_protocol == "SSL":
-        import ssl
-
-        return faust.SSLCredentials(ssl.create_default_context(cafile=k.ssl_ca_location))
+        return faust.SSLCredentials(_ssl_context(config))
     return None
 
 

@@ -186,3 +186,50 @@ def test_new_gate_candidate_and_canary_keys_are_validated():
     assert parse_config({"experiments": [slow]}, env={}).experiments[0].canary.on_step_timeout == (
         "promote"
     )
+
+
+def test_mtls_settings_reach_librdkafka_and_the_key_password_stays_secret():
+    from shadowline.kafka import client_settings
+
+    cfg = parse_config(
+        {
+            "kafka": {
+                "security_protocol": "SSL",
+                "ssl_ca_location": "/ca.pem",
+                "ssl_certificate_location": "/client.pem",
+                "ssl_key_location": "/client.key",
+                "ssl_key_password": "hunter2",
+            }
+        },
+        env={},
+    )
+    got = client_settings(cfg.kafka)
+    assert got["ssl.certificate.location"] == "/client.pem"
+    assert got["ssl.key.location"] == "/client.key"
+    assert got["ssl.key.password"] == "hunter2"
+    assert "hunter2" not in repr(cfg)
+
+
+def test_a_certificate_without_its_key_or_tls_is_refused_without_showing_secrets():
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            {"kafka": {"ssl_certificate_location": "/c.pem", "sasl_password": "hunter2"}}, env={}
+        )
+    assert "set together (mTLS)" in str(err.value) and "hunter2" not in str(err.value)
+    with pytest.raises(ConfigError, match="needs security_protocol SSL or SASL_SSL"):
+        parse_config(
+            {"kafka": {"ssl_certificate_location": "/c.pem", "ssl_key_location": "/k.pem"}},
+            env={},
+        )
+
+
+def test_every_rule_that_can_be_off_accepts_false():
+    from shadowline.config import GateConfig
+
+    optional = [
+        name for name, f in GateConfig.model_fields.items()
+        if name.startswith(("max_", "min_")) and name != "min_samples"
+    ]  # fmt: skip
+    assert "min_interleave_win_share" in optional and len(optional) >= 12
+    gates = GateConfig(**dict.fromkeys(optional, False))
+    assert all(getattr(gates, name) is None for name in optional)
