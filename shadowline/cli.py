@@ -44,6 +44,27 @@ def cli() -> None:
     """Validate candidate ML models on mirrored production traffic."""
 
 
+# -- init ---------------------------------------------------------------------
+
+
+@cli.command("init")
+@click.option(
+    "--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
+    help="Where to write shadowline.toml and example-traffic.jsonl.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+def init_cmd(directory: str, force: bool) -> None:
+    """Write a commented starter config and example traffic that run as they are."""
+    from shadowline.starter import write_starter
+
+    for path in write_starter(Path(directory), force=force):
+        click.echo(f"wrote {path}")
+    click.echo(
+        "next: shadowline kafka up; shadowline up --log-dir logs; (elsewhere) "
+        "shadowline replay example-traffic.jsonl"
+    )
+
+
 # -- kafka --------------------------------------------------------------------
 
 

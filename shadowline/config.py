@@ -158,7 +158,9 @@ class WarehouseConfig(_Frozen):
 class JoinerConfig(_Frozen):
     """The Faust joiner's identity and timing."""
 
-    app_id: str = "shadowline-joiner"
+    # Faust app id: its consumer group and the prefix of its changelog topic. Default
+    # "<kafka.namespace>joiner", so two namespaces on one cluster never share join state.
+    app_id: str = "shadowline.joiner"
     # After a row was emitted as missing, how long a late partner still corrects it.
     late_grace_s: float = Field(300.0, ge=0)
     # How often pending requests are checked against their window.
@@ -407,6 +409,18 @@ class Config(_Frozen):
     metrics: MetricsConfig = MetricsConfig()
     experiments: tuple[ExperimentConfig, ...] = ()
     source: str = Field(default="<defaults>", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _joiner_in_namespace(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        joiner, kafka = data.get("joiner"), data.get("kafka")
+        if joiner is None or (isinstance(joiner, dict) and "app_id" not in joiner):
+            ns = kafka.get("namespace") if isinstance(kafka, dict) else None
+            if isinstance(ns, str):
+                data = {**data, "joiner": {**(joiner or {}), "app_id": f"{ns}joiner"}}
+        return data
 
     @model_validator(mode="after")
     def _unique_experiments(self) -> Config:

@@ -54,8 +54,13 @@ class Pipeline:
         for name, proc in self.procs.items():
             code = proc.poll()
             if code is not None:
-                where = f"; see {self.log_dir / (name + '.log')}" if self.log_dir else ""
-                raise ShadowlineError(f"{name} exited with code {code}{where}")
+                if self.log_dir is None:  # its output went to this terminal
+                    raise ShadowlineError(f"{name} exited with code {code} (its log is above)")
+                log = self.log_dir / f"{name}.log"
+                raise ShadowlineError(
+                    f"{name} exited with code {code}; the last lines of {log}:\n"
+                    + "\n".join(f"  {line}" for line in _tail(log, 15))
+                )
 
     def kill(self, name: str) -> None:
         """SIGKILL one component (fault tests)."""
@@ -94,3 +99,13 @@ class Pipeline:
                 time.sleep(0.2)
         finally:
             self.stop()
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16_384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return [f"(cannot read it: {exc})"]
+    return [line[:300] for line in text.splitlines()[-lines:]] or ["(empty)"]

@@ -152,6 +152,13 @@ def _credentials(config: Config) -> Any:
     return None
 
 
+def _data_dir(config: Config) -> Any:
+    # Faust makes its data directory but not the folders above it
+    path = config.resolve_path(config.joiner.data_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def build_app(config: Config) -> faust.App:
     """The joiner's Faust app for ``config``, with its agent, table and timer."""
     kafka = config.kafka
@@ -167,7 +174,7 @@ def build_app(config: Config) -> faust.App:
         broker=_broker_url(config),
         broker_credentials=_credentials(config),
         store="memory://",
-        datadir=str(config.resolve_path(jcfg.data_dir)),
+        datadir=str(_data_dir(config)),
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
         topic_allow_declare=True,

@@ -233,3 +233,13 @@ def test_every_rule_that_can_be_off_accepts_false():
     assert "min_interleave_win_share" in optional and len(optional) >= 12
     gates = GateConfig(**dict.fromkeys(optional, False))
     assert all(getattr(gates, name) is None for name in optional)
+
+
+def test_the_joiner_state_is_in_the_namespace_unless_named():
+    assert parse_config({}, env={}).joiner.app_id == "shadowline.joiner"
+    staging = parse_config({"kafka": {"namespace": "staging."}}, env={})
+    assert staging.joiner.app_id == "staging.joiner"
+    from_env = parse_config({}, env={"SHADOWLINE_KAFKA_NAMESPACE": "prod."})
+    assert from_env.joiner.app_id == "prod.joiner"
+    named = parse_config({"kafka": {"namespace": "x."}, "joiner": {"app_id": "mine"}}, env={})
+    assert named.joiner.app_id == "mine"
