@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from shadowline import native
 from shadowline.errors import WarehouseError
 
 if TYPE_CHECKING:
@@ -168,6 +169,8 @@ class ReadOnlySession:
         settings = (
             f"readonly=1&max_execution_time={max(1, round(timeout_s))}"
             f"&max_result_bytes={MAX_RESULT_BYTES}&max_query_size={MAX_BODY_BYTES}"
+            # Native output as plain types: shadowline.native walks the data by type
+            "&low_cardinality_allow_in_native_format=0"
         )
         try:
             self._conn = chdb.connect(f"file:{path}?{settings}")
@@ -448,6 +451,16 @@ def _handler(warehouse: Warehouse, session: ReadOnlySession | None) -> type[Base
                 vetted = session.vet(sql, bind)
                 data = session.query(vetted, fmt, bind, database)
                 out_fmt = vetted.fmt or fmt
+            revision = params.get("client_protocol_version")
+            if out_fmt == "Native" and revision:
+                if not revision.isdigit() or len(revision) > 9:
+                    raise Refused(
+                        400, 27, f"client_protocol_version {revision[:20]!r} is not a number"
+                    )
+                try:
+                    data = native.reframe(data, int(revision))
+                except native.NativeError as exc:
+                    raise Refused(500, 48, str(exc)) from exc
             self._answer(
                 200, data,
                 {

@@ -4,7 +4,11 @@ run (shadow pairs, a canary's served arms and its rollout decisions)."""
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -177,5 +181,59 @@ def test_every_panel_returns_sane_rows_from_a_real_run(
             ("pass: weight 0.5, step 2", "promote: test")
         ]
         assert rows(config, _sql(decisions["target"]["rawSql"], "shadow")) == []
+        # Grafana's own driver: clickhouse-go v2 over HTTP reads every panel, the variable
+        # and the annotation from the embedded endpoint, row for row as clickhouse-connect.
+        queries = {"variable": dash["templating"]["list"][0]["query"]}
+        queries["annotation"] = _sql(decisions["target"]["rawSql"], "ramp")
+        for panel in dash["panels"]:
+            title = panel["title"].lower()
+            experiment = "ramp" if ("arm" in title or "rollout" in title) else (
+                "rank" if title.startswith("interleaving") else "shadow"
+            )  # fmt: skip
+            queries[panel["title"]] = _sql(panel["targets"][0]["rawSql"], experiment)
+        got = clickhouse_go(config.warehouse.port, config.warehouse.database, queries)
+        for name, sql in queries.items():
+            expected = rows(config, sql)
+            assert "error" not in got[name], (name, got[name])
+            assert len(got[name]) == len(expected) > 0, name
+            for go_row, row in zip(got[name], expected, strict=True):
+                assert same_row(go_row, list(row.values())), (name, go_row, row)
     finally:
         pipeline.stop()
+
+
+def clickhouse_go(port: int, database: str, queries: dict[str, str]) -> dict[str, Any]:
+    """Run ``queries`` with clickhouse-go v2 (deploy/grafana/clickhouse-go, built from the
+    Go module proxy on first use) against the embedded endpoint."""
+    tool = ROOT / ".shadowline" / "tools" / "clickhouse-go-panels"
+    source = GRAFANA / "clickhouse-go"
+    env = dict(os.environ, GOFLAGS="-mod=mod")
+    built = subprocess.run(
+        ["go", "build", "-o", str(tool), "."], cwd=source, env=env, capture_output=True,
+        text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run(
+        [str(tool), "-addr", f"127.0.0.1:{port}", "-database", database],
+        input=json.dumps(queries), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    return json.loads(ran.stdout)
+
+
+def same_row(go_row: list[Any], row: list[Any]) -> bool:
+    if len(go_row) != len(row):
+        return False
+    for a, b in zip(go_row, row, strict=True):
+        if isinstance(b, datetime):
+            a = datetime.fromisoformat(a)
+            b = b if b.tzinfo else b.replace(tzinfo=UTC)
+            if a != b:
+                return False
+        elif isinstance(b, float):
+            a = float(a)
+            if not (math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) or (a != a and b != b)):
+                return False
+        elif a != b:
+            return False
+    return True

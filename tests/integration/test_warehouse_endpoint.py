@@ -236,6 +236,24 @@ def test_reads_still_work_with_formats_parameters_and_comments(owner, state):
     assert post(owner, "SELECT 1" + " " * 40_000 + "x FORMAT TSV") == (200, b"1\n")
 
 
+def test_native_for_a_client_revision(owner, state):
+    status, body = post(
+        owner, "SELECT 1 AS x", default_format="Native", client_protocol_version="abc"
+    )
+    assert status == 400 and b"client_protocol_version 'abc' is not a number" in body
+    status, body = post(
+        owner, "SELECT 1 AS x", default_format="Native", client_protocol_version="54460"
+    )
+    assert (status, body) == (
+        200,
+        b"\x01\x00\x02\xff\xff\xff\xff\x00\x01\x01\x01x\x05UInt8\x00\x01",
+    )
+    assert post(owner, "SELECT 1 AS x", default_format="Native") == (
+        200,
+        b"\x01\x01\x01x\x05UInt8\x01",
+    )
+
+
 def test_a_long_query_is_stopped_by_the_timeout(owner, state):
     status, body = post(owner, "SELECT count() FROM system.numbers")
     assert status == 500 and b"Code: 159" in body and b"Timeout exceeded" in body
