@@ -57,6 +57,31 @@ def _series(
     return series
 
 
+TOP_LABELS = 8  # output classes plotted by name; the rest are "(other)"
+LABEL_CHARS = 40  # of a label's name in a plot
+SHOWN_CHARS = 300  # of a value in a table (outputs, errors, request IDs, reasons)
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """A value as displayed: at most ``limit`` characters, saying how many were cut."""
+    text = _cell(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters)"
+
+
+_MD_SPECIAL = str.maketrans(
+    {c: "\\" + c for c in "\\`*_{}[]()#+-.!|~"}
+    | {"<": "&lt;", ">": "&gt;", "&": "&amp;", "\n": " ", "\r": " ", "\t": " "}
+)
+
+
+def md(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """A value as one Markdown table cell: cut to ``limit``, with every character that
+    Markdown or HTML would read as syntax escaped, and no line breaks."""
+    return shown(value, limit).translate(_MD_SPECIAL)
+
+
 def _figures(
     wh: Warehouse, experiment: str, served: bool, since: Any, until: Any
 ) -> list[tuple[str, Any]]:
@@ -98,9 +123,17 @@ def _figures(
         series = _series(rows, column, lambda r: str(r[key]))
         out.append((title, _plot(series, title, unit)))
     if not served:
+        # Bounded however many labels there are and however long: the TOP_LABELS most
+        # frequent, the rest as "other", each name cut (with a hash, so two long labels
+        # never merge).
         shares = wh.query(
-            "SELECT minute, concat(candidate_model, ' / ', side, ' / label ', label) AS series, "
-            "share FROM output_labels_minutely WHERE " + window + " ORDER BY minute",
+            "SELECT minute, concat(candidate_model, ' / ', side, ' / label ', "
+            "if(label IN (SELECT label FROM output_labels_minutely WHERE " + window + " "
+            f"GROUP BY label ORDER BY sum(n) DESC, label LIMIT {TOP_LABELS}), "
+            f"if(lengthUTF8(label) > {LABEL_CHARS}, concat(leftUTF8(label, {LABEL_CHARS}), "
+            "'…', lower(substring(hex(sipHash64(label)), 1, 6))), label), '(other)')) AS series, "
+            "sum(share) AS share FROM output_labels_minutely WHERE " + window + " "
+            "GROUP BY minute, series ORDER BY minute, series",
             params,
         )
         drift = _series(shares, "share", lambda r: r["series"])
@@ -219,7 +252,7 @@ def to_html(data: dict[str, Any]) -> str:
         body = "".join(
             "<tr>"
             + "".join(
-                f"<td class='{esc(_cell(c)) if h == 'outcome' else ''}'>{esc(_cell(c))}</td>"
+                f"<td class='{esc(_cell(c)) if h == 'outcome' else ''}'>{esc(shown(c))}</td>"
                 for h, c in zip(head, r, strict=True)
             )
             + "</tr>"
@@ -315,15 +348,16 @@ def to_markdown(data: dict[str, Any], out: Path) -> str:
     assets = out.parent / f"{out.stem}_files"
     assets.mkdir(parents=True, exist_ok=True)
     lines = [
-        f"# Experiment {g.experiment}: {g.verdict.upper()}",
+        f"# Experiment {md(g.experiment)}: {g.verdict.upper()}",
         "",
-        f"Mode {data['experiment'].mode}, production {data['experiment'].production_model}, "
-        f"range {_since(g.since)} .. {g.until.isoformat()}.",
+        f"Mode {md(data['experiment'].mode)}, production "
+        f"{md(data['experiment'].production_model)}, range {_since(g.since)} .. "
+        f"{g.until.isoformat()}.",
         "",
         "| candidate | rule | observed | limit | outcome | detail |",
         "|---|---|---|---|---|---|",
     ]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _rule_rows(data)]
+    lines += ["| " + " | ".join(md(c) for c in r) + " |" for r in _rule_rows(data)]
     lines.append("")
     for i, (title, fig) in enumerate(data["figures"]):
         name = f"plot{i + 1}.png"
@@ -336,8 +370,8 @@ def to_markdown(data: dict[str, Any], out: Path) -> str:
             "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['event_time']} | {r['version']} | {_cell(r['step'])} | {_cell(r['weight'])} "
-            f"| {_cell(r['verdict'])} | {_cell(r['reason'])} |"
+            f"| {md(r['event_time'])} | {md(r['version'])} | {md(r['step'])} | {md(r['weight'])} "
+            f"| {md(r['verdict'])} | {md(r['reason'])} |"
             for r in data["history"]
         ]
     else:
@@ -349,8 +383,9 @@ def to_markdown(data: dict[str, Any], out: Path) -> str:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['request_id']} | {r['candidate_model']} | {_cell(r['divergence'])} "
-            f"| `{r['production_output']}` | `{r['candidate_output'] or r['candidate_error']}` |"
+            f"| {md(r['request_id'])} | {md(r['candidate_model'])} | {md(r['divergence'])} "
+            f"| {md(r['production_output'])} "
+            f"| {md(r['candidate_output'] or r['candidate_error'])} |"
             for r in data["divergent"]
         ]
     else:
