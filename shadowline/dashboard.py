@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import html
 import logging
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from shadowline import gates, report
 from shadowline.config import Config
 from shadowline.errors import ShadowlineError
+from shadowline.httpserve import BoundedServer, HardenedHandler, Refused, query_fields
 from shadowline.warehouse import Warehouse
 
 log = logging.getLogger("shadowline.dashboard")
@@ -77,38 +76,38 @@ def experiment_page(config: Config, name: str, window_s: float | None, refresh_s
 
 def make_server(
     config: Config, host: str = "127.0.0.1", port: int = 8127, refresh_s: int = 10
-) -> ThreadingHTTPServer:
+) -> BoundedServer:
     """The dashboard's HTTP server (not started)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug(format, *args)
-
+    class Handler(HardenedHandler):
         def _send(self, code: int, body: str) -> None:
-            raw = body.encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            self.answer(code, body.encode(), "text/html; charset=utf-8")
 
-        def do_GET(self) -> None:  # noqa: N802
+        def refuse(self, refused: Refused) -> None:
+            self._send(refused.status, f"<p>{html.escape(refused.message)}</p>")
+
+        def route(self) -> None:
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
-            q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            q = query_fields(url.query)
+            if unknown := sorted(set(q) - {"window"}):
+                raise Refused(400, 0, f"unknown parameter {unknown[0][:40]!r}: use window")
             try:
                 if not parts:
                     self._send(200, index_page(config, refresh_s))
                 elif len(parts) == 2 and parts[0] == "experiments":
                     if config.experiment(parts[1]) is None:
-                        self._send(404, f"<p>no experiment {html.escape(parts[1])!r} in "
+                        self._send(404, f"<p>no experiment {html.escape(parts[1][:200])!r} in "
                                         "the config: see <a href='/'>/</a></p>")  # fmt: skip
                         return
-                    window = gates.parse_duration(q["window"]) if q.get("window") else None
+                    try:
+                        window = gates.parse_duration(q["window"]) if q.get("window") else None
+                    except gates.GateError as exc:
+                        raise Refused(400, 0, str(exc)) from exc
                     self._send(200, experiment_page(config, parts[1], window, refresh_s))
                 else:
                     self._send(404, "<p>not found: try <a href='/'>/</a></p>")
             except ShadowlineError as exc:
                 self._send(500, f"<p>error: {html.escape(str(exc))}</p>")
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return BoundedServer((host, port), Handler)

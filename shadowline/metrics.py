@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
@@ -99,9 +99,7 @@ class ComponentMetrics:
         if port == 0:
             return
         try:
-            self.server, _ = start_http_server(
-                port, addr=config.metrics.host, registry=self.registry
-            )
+            self.server = _metrics_server(config.metrics.host, port, self.registry)
         except OSError as exc:
             # Metrics are for operators; a taken port must not stop the pipeline.
             log.error("metrics not served on %s:%d: %s", config.metrics.host, port, exc)
@@ -109,7 +107,6 @@ class ComponentMetrics:
     def close(self) -> None:
         if self.server is not None:
             self.server.shutdown()
-            self.server.server_close()
             self.server = None
 
 
@@ -152,3 +149,19 @@ def register_interleave(interleave: Any, registry: CollectorRegistry | None = No
     collector = _CountersCollector("shadowline_interleave", "interleave", interleave)
     (registry or REGISTRY).register(collector)
     return collector
+
+
+def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> Any:
+    """``/metrics`` on the shared hardened server (Prometheus' text format)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from shadowline.httpserve import BoundedServer, HardenedHandler, Refused, serve_in_thread
+
+    class Handler(HardenedHandler):
+        def route(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path not in ("/metrics", "/"):
+                raise Refused(404, 0, f"no such path {path[:80]!r}: use /metrics")
+            self.answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    return serve_in_thread(BoundedServer((host, port), Handler), "metrics-http")

@@ -29,12 +29,18 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from shadowline import native
 from shadowline.errors import WarehouseError
+from shadowline.httpserve import (
+    BoundedServer,
+    HardenedHandler,
+    Refused,
+    query_fields,
+    serve_in_thread,
+)
 
 if TYPE_CHECKING:
     from shadowline.warehouse import Warehouse
@@ -46,8 +52,6 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
 # The largest result a read may build (it is held in memory before it is sent).
 MAX_RESULT_BYTES = 256 << 20
-MAX_CONNECTIONS = 32
-MAX_HEADERS = 64
 READING_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "EXISTS", "EXPLAIN", "(")
 # Functions (scalar or table) that reach the file system, the network or other
 # servers. Lower case; any name ending in "cluster" is refused as well.
@@ -103,15 +107,6 @@ REACHING_FUNCTIONS = frozenset(
 )
 _CODE_PREFIX = re.compile(r"Code: \d{1,5}\. DB::\w*Exception: ")
 _AST_FUNCTION = re.compile(r"^\s*Function (\S+)")
-_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
-
-
-class Refused(Exception):  # noqa: N818  an answer, not a failure of ours
-    """A request the endpoint answers with an error (HTTP status, ClickHouse code)."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass(frozen=True)
@@ -256,164 +251,48 @@ def credentials_ok(headers: Any, params: dict[str, str], user: str, password: st
     )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        session: ReadOnlySession | None,
-    ) -> None:
-        super().__init__(address, handler)
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.session = session
-
-    def shutdown(self) -> None:
-        super().shutdown()
-        self.server_close()
-        if self.session is not None:
-            self.session.close()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # A thread per connection, but never more than MAX_CONNECTIONS of them.
-        if not self.slots.acquire(blocking=False):
-            try:
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                    b"Connection: close\r\n\r\n"
-                )
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-
-def serve(warehouse: Warehouse, host: str, port: int) -> ThreadingHTTPServer:
+def serve(warehouse: Warehouse, host: str, port: int) -> BoundedServer:
     """Serve ``warehouse`` (the embedded owner) on ``host:port`` in a daemon thread."""
     wh = warehouse.config.warehouse
     session = None
     if not wh.http_writable:
         session = ReadOnlySession(warehouse.data_path(), wh.http_timeout_s)
-    server = _Server((host, port), _handler(warehouse, session), session)
-    thread = threading.Thread(target=server.serve_forever, name="warehouse-http", daemon=True)
-    thread.start()
-    return server
+    server = BoundedServer((host, port), _handler(warehouse, session))
+    if session is not None:
+        server.on_shutdown.append(session.close)
+    return serve_in_thread(server, "warehouse-http")
 
 
-def _read_chunked(rfile: Any, limit: int) -> bytes:
-    out = bytearray()
-    while True:
-        line = rfile.readline(66)
-        size_text = line.split(b";", 1)[0].strip()
-        if not size_text or len(size_text) > 8 or not all(c in b"0123456789abcdefABCDEF"
-                                                          for c in size_text):  # fmt: skip
-            raise Refused(400, 27, "malformed chunked body: bad chunk size line")
-        size = int(size_text, 16)
-        if size == 0:
-            while rfile.readline(1026) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return bytes(out)
-        if len(out) + size > limit:
-            raise Refused(413, 1001, f"request body over {limit} bytes")
-        chunk = rfile.read(size)
-        if len(chunk) != size:
-            raise Refused(400, 27, "malformed chunked body: ended inside a chunk")
-        out += chunk
-        rfile.readline(3)  # the chunk's CRLF
-
-
-def _handler(warehouse: Warehouse, session: ReadOnlySession | None) -> type[BaseHTTPRequestHandler]:
+def _handler(warehouse: Warehouse, session: ReadOnlySession | None) -> type[HardenedHandler]:
     wh = warehouse.config.warehouse
     user = wh.http_user
     password = wh.http_password.get_secret_value() if wh.http_password else ""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(HardenedHandler):
         server_version = "shadowline-embedded"
-        protocol_version = "HTTP/1.1"
-        timeout = 30  # a client that stops sending mid-request loses its connection
+        methods = ("GET", "HEAD", "POST")
+        max_body = MAX_BODY_BYTES
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            return None  # requests hold user data and credentials: never logged
-
-        def send_error(
-            self, code: int, message: str | None = None, explain: str | None = None
-        ) -> None:
-            # http.server's own refusals (414, 431, a malformed request line): the rest of
-            # the connection cannot be trusted
-            self.close_connection = True
-            super().send_error(code, message, explain)
-            self.close_connection = True
-
-        def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _fail(self, refused: Refused) -> None:
-            self._answer(
+        def refuse(self, refused: Refused) -> None:
+            self.answer(
                 refused.status,
                 f"Code: {refused.code}. DB::Exception: {refused.message}\n".encode(),
-                {
-                    "X-ClickHouse-Exception-Code": str(refused.code),
-                    "Content-Type": "text/plain; charset=UTF-8",
-                },
+                "text/plain; charset=UTF-8",
+                {"X-ClickHouse-Exception-Code": str(refused.code)},
             )
 
-        def _body(self) -> bytes:
-            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                return _read_chunked(self.rfile, MAX_BODY_BYTES)
-            raw = self.headers.get("Content-Length")
-            if raw is None:
-                return b""
-            if not raw.strip().isdigit() or len(raw.strip()) > 12:
-                raise Refused(400, 27, f"Content-Length {raw[:40]!r} is not a byte count")
-            length = int(raw)
-            if length > MAX_BODY_BYTES:
-                raise Refused(413, 1001, f"request body over {MAX_BODY_BYTES} bytes")
-            body = self.rfile.read(length) if length else b""
-            if len(body) != length:
-                raise Refused(400, 27, "request body shorter than its Content-Length")
-            return body
-
-        def _check_host(self) -> None:
-            host = (self.headers.get("Host") or "").strip()
-            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if host and name not in _HOSTS:
-                raise Refused(403, 497, f"Host {host[:80]!r} is not this loopback endpoint")
-
-        def _handle(self, with_body: bool) -> None:
-            try:
-                if len(self.headers) > MAX_HEADERS:
-                    raise Refused(431, 1000, f"more than {MAX_HEADERS} headers")
-                self._check_host()
-                body = self._body() if with_body else b""
-                url = urlsplit(self.path)
-                if url.path in ("/ping", "/ping/"):
-                    self._answer(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
-                    return
-                if url.path not in ("/", ""):
-                    raise Refused(404, 1000, f"no such path {url.path[:80]!r}: use / or /ping")
-                params = dict(parse_qsl(url.query, keep_blank_values=True))
-                if user and not credentials_ok(self.headers, params, user, password):
-                    raise Refused(401, 516, f"{user}: authentication failed")
-                self._query(params, body)
-            except Refused as refused:
-                self._fail(refused)
-                if refused.status in (400, 413, 431):
-                    self.close_connection = True
+        def route(self) -> None:
+            body = self.read_body() if self.command == "POST" else b""
+            url = urlsplit(self.path)
+            if url.path in ("/ping", "/ping/"):
+                self.answer(200, b"Ok.\n", "text/plain; charset=UTF-8")
+                return
+            if url.path not in ("/", ""):
+                raise Refused(404, 1000, f"no such path {url.path[:80]!r}: use / or /ping")
+            params = query_fields(url.query)
+            if user and not credentials_ok(self.headers, params, user, password):
+                raise Refused(401, 516, f"{user}: authentication failed")
+            self._query(params, body)
 
         def _query(self, params: dict[str, str], body: bytes) -> None:
             try:
@@ -427,7 +306,7 @@ def _handler(warehouse: Warehouse, session: ReadOnlySession | None) -> type[Base
             sql = params.get("query", "")
             sql = f"{sql}\n{text}" if sql and text else (sql or text)
             if not sql.strip():
-                self._answer(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+                self.answer(200, b"Ok.\n", "text/plain; charset=UTF-8")
                 return
             bind = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
             fmt = params.get("default_format") or "TabSeparated"
@@ -461,29 +340,13 @@ def _handler(warehouse: Warehouse, session: ReadOnlySession | None) -> type[Base
                     data = native.reframe(data, int(revision))
                 except native.NativeError as exc:
                     raise Refused(500, 48, str(exc)) from exc
-            self._answer(
-                200, data,
+            self.answer(
+                200, data, "application/octet-stream",
                 {
-                    "Content-Type": "application/octet-stream",
                     "X-ClickHouse-Format": out_fmt,
                     "X-ClickHouse-Timezone": "UTC",
                     "X-ClickHouse-Query-Id": params.get("query_id", "")[:100],
                 },
             )  # fmt: skip
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._handle(with_body=False)
-
-        def do_HEAD(self) -> None:  # noqa: N802
-            self._handle(with_body=False)
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._handle(with_body=True)
-
-        def _not_allowed(self) -> None:
-            self._fail(Refused(405, 1000, f"method {self.command} is not allowed: GET or POST"))
-            self.close_connection = True
-
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
 
     return Handler

@@ -411,7 +411,8 @@ def test_dashboard_lists_experiments_and_serves_their_pages(gated: tuple[Path, A
         assert "RuntimeError: boom" in page  # the divergent table, both sides
         assert 'src="http' not in page and "<script" not in page  # nothing from outside
         assert get("/experiments/nope")[0] == 404
-        assert get("/experiments/exp?window=bad")[0] == 500
+        code, page = get("/experiments/exp?window=bad")
+        assert code == 400 and "window &#x27;bad&#x27; is not a positive duration" in page
     finally:
         server.shutdown()
         server.server_close()

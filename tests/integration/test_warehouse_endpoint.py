@@ -309,15 +309,15 @@ def test_binary_bodies_methods_paths_and_hosts(owner, state):
     assert status == 400 and b"not UTF-8" in body
     for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"):
         status, body = send(owner, method, "/", b"SELECT 1")
-        assert status == 405 and b"GET or POST" in body, method
+        assert status == 405 and b"GET or HEAD or POST" in body, method
     for path in ("/../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "//etc/passwd", "/play"):
         status, body = send(owner, "GET", path + "?query=SELECT%201")
         assert status == 404 and b"no such path" in body, path
     status, body = send(owner, "POST", "/", b"SELECT 1", {"Host": "evil.example:8124"})
-    assert status == 403 and b"is not this loopback endpoint" in body
+    assert status == 403 and b"is not this loopback server" in body
     status, _ = send(owner, "POST", "/", b"SELECT 1", {"Host": "localhost:1"})
     assert status == 200
-    many = "".join(f"X-H{i}: v\r\n" for i in range(150))
+    many = "".join(f"X-H{i}: v\r\n" for i in range(80))
     answer = raw(owner, f"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n{many}\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 431 ") and b"more than 64 headers" in answer
     alive(owner)
