@@ -131,6 +131,9 @@ class WarehouseConfig(_Frozen):
     database: str = "shadowline"
     # clickhouse: verify the server's TLS certificate against this CA bundle
     ca_cert: str | None = None
+    # clickhouse: a TLS client certificate and its key (PEM files) for servers that ask
+    client_cert: str | None = None
+    client_key: str | None = None
     # embedded: the HTTP endpoint is read-only unless this is true (operators, fault tests)
     http_writable: bool = False
     # embedded: a read over the HTTP endpoint is stopped after this long
@@ -150,6 +153,8 @@ class WarehouseConfig(_Frozen):
                 "backend 'clickhouse' needs url (or SHADOWLINE_WAREHOUSE_URL), "
                 "e.g. http://user:pass@host:8123/db"
             )
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs client_cert (the certificate it belongs to)")
         if (self.http_user is None) != (self.http_password is None):
             raise ValueError("http_user and http_password are set together (or neither)")
         return self

@@ -308,6 +308,11 @@ def _connect(**kwargs: Any) -> Any:
 
 
 def _server_client(config: Config, database: str | None) -> Any:
+    return _connect(**server_settings(config, database))
+
+
+def server_settings(config: Config, database: str | None) -> dict[str, Any]:
+    """clickhouse-connect's settings for the configured ClickHouse server."""
     wh = config.warehouse
     assert wh.url is not None
     url = urlsplit(wh.url.get_secret_value())
@@ -321,7 +326,11 @@ def _server_client(config: Config, database: str | None) -> Any:
     }
     if wh.ca_cert:
         kwargs["ca_cert"] = wh.ca_cert
-    return _connect(**kwargs)
+    if wh.client_cert:
+        kwargs["client_cert"] = wh.client_cert
+        if wh.client_key:
+            kwargs["client_cert_key"] = wh.client_key
+    return kwargs
 
 
 def _loopback_client(config: Config) -> Any:

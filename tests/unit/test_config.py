@@ -243,3 +243,24 @@ def test_the_joiner_state_is_in_the_namespace_unless_named():
     assert from_env.joiner.app_id == "prod.joiner"
     named = parse_config({"kafka": {"namespace": "x."}, "joiner": {"app_id": "mine"}}, env={})
     assert named.joiner.app_id == "mine"
+
+
+def test_a_clickhouse_server_gets_tls_client_certificates():
+    from shadowline.warehouse import server_settings
+
+    cfg = parse_config(
+        {
+            "warehouse": {
+                "backend": "clickhouse", "url": "https://u:p@ch.internal:8443/db",
+                "ca_cert": "/ca.pem", "client_cert": "/c.pem", "client_key": "/c.key",
+            }
+        },
+        env={},
+    )  # fmt: skip
+    got = server_settings(cfg, "db")
+    assert got["secure"] is True and got["port"] == 8443 and got["host"] == "ch.internal"
+    assert (got["ca_cert"], got["client_cert"], got["client_cert_key"]) == (
+        "/ca.pem", "/c.pem", "/c.key",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="client_key needs client_cert"):
+        parse_config({"warehouse": {"client_key": "/c.key"}}, env={})
