@@ -463,7 +463,7 @@ class Config(_Frozen):
         return (Path(self.source).resolve().parent / path).resolve()
 
 
-# (section, key) <- environment variable. Documented in the README's config reference.
+# (section, key) <- environment variable. Documented in docs/configuration.md.
 ENV_OVERRIDES: dict[tuple[str, str], str] = {
     ("kafka", "bootstrap_servers"): "SHADOWLINE_KAFKA_BOOTSTRAP",
     ("kafka", "namespace"): "SHADOWLINE_KAFKA_NAMESPACE",

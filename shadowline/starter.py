@@ -29,7 +29,7 @@ STARTER_CONFIG = """\
 #   shadowline query "SELECT status, count() FROM comparisons_final GROUP BY status"
 #   shadowline gate check checkout-risk      # the verdict
 #
-# Every key is optional unless marked; the README's configuration reference lists them
+# Every key is optional unless marked; docs/configuration.md (the reference) lists them
 # all, with the environment variables that override them (SHADOWLINE_KAFKA_BOOTSTRAP, ...).
 
 [kafka]
