@@ -120,7 +120,7 @@ def fetch_jars() -> None:
         raise BrokerError("Maven could not fetch the Kafka jars:\n" + "\n".join(tail))
 
 
-def _write_properties(b: LocalBroker, config: Config) -> Path:
+def _write_properties(b: LocalBroker, config: Config, extra: dict[str, str] | None = None) -> Path:
     props = b.data_dir / "server.properties"
     lines = {
         "process.roles": "broker,controller",
@@ -144,6 +144,7 @@ def _write_properties(b: LocalBroker, config: Config) -> Path:
         "message.max.bytes": str(max(config.kafka.max_message_bytes + 1024, 4 * 1_048_576 + 1024)),
         "log.cleaner.backoff.ms": "5000",
     }
+    lines.update(extra or {})
     props.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     return props
 
@@ -185,15 +186,20 @@ def _check_ports_free(b: LocalBroker) -> None:
         )
 
 
-def up(config: Config, timeout: float = 90.0) -> str:
-    """Start the local broker unless one answers; return a one-line status."""
+def up(
+    config: Config, timeout: float = 90.0, extra_properties: dict[str, str] | None = None
+) -> str:
+    """Start the local broker unless one answers; return a one-line status.
+
+    ``extra_properties`` are broker settings over the defaults (the TLS tests give the
+    broker an SSL listener that asks for client certificates)."""
     if ping(config.kafka, timeout=1.0):
         return f"kafka already answering at {config.kafka.bootstrap_servers}"
     b = LocalBroker.from_config(config)
     java = _need("java", "a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)")
     fetch_jars()
     b.data_dir.mkdir(parents=True, exist_ok=True)
-    props = _write_properties(b, config)
+    props = _write_properties(b, config, extra_properties)
     classpath = f"{LIB_DIR}/*"
     if not (b.data_dir / "logs" / "meta.properties").exists():
         fmt = subprocess.run(
