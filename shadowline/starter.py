@@ -90,22 +90,22 @@ def _score(x: dict[str, Any], weight: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def production_model(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The example's production model (what `example-traffic.jsonl` recorded)."""
+def _answers(inputs: list[dict[str, Any]], new_device_weight: float) -> list[dict[str, Any]]:
     out = []
     for x in inputs:
-        p = _score(x, 2.0)
+        p = _score(x, new_device_weight)
         out.append({"label": int(p >= 0.5), "probabilities": {"0": 1 - p, "1": p}})
     return out
+
+
+def production_model(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The example's production model (what `example-traffic.jsonl` recorded)."""
+    return _answers(inputs, 2.0)
 
 
 def candidate_model(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The example's candidate: weighs a new device more than production does."""
-    out = []
-    for x in inputs:
-        p = _score(x, 3.0)
-        out.append({"label": int(p >= 0.5), "probabilities": {"0": 1 - p, "1": p}})
-    return out
+    return _answers(inputs, 3.0)
 
 
 def example_traffic(n: int = 1000, seed: int = 7) -> list[dict[str, Any]]:

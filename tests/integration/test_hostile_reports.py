@@ -10,9 +10,9 @@ import pytest
 
 from shadowline import dashboard, report
 from shadowline.config import parse_config
-from shadowline.envelopes import Comparison, now_ms
 from shadowline.warehouse import Warehouse
 from tests.conftest import free_port
+from tests.fixtures.rows import comparison
 
 pytestmark = pytest.mark.integration
 
@@ -37,31 +37,20 @@ def config(tmp_path_factory):
         env={},
     )
     wh = Warehouse.open_owner(cfg)
-    t = now_ms()
-    rows = []
-    for i in range(50):
-        label = HUGE_LABEL if i == 0 else f"label-{i % 20}"
-        rows.append(
-            Comparison(
-                request_id={0: "a-huge", 1: EVIL_ID}.get(i, f"ok-{i}"),
-                experiment="hostile",
-                event_time=t,
-                production_model="prod",
-                candidate_model="cand",
-                status="matched",
-                revision=1,
-                output_type="classification",
-                joined_at=t,
-                agree=i % 2 == 0,
-                divergence=1.0 if i % 2 or i == 0 else 0.0,
-                production_output={"label": label},
-                candidate_output=None if i == 3 else {"label": f"other-{i}"},
-                candidate_error=EVIL_ERROR if i == 3 else None,
-                production_latency_ms=1.0,
-                candidate_latency_ms=2.0,
-                latency_delta_ms=1.0,
-            )  # fmt: skip
-        )
+    rows = [
+        comparison(
+            {0: "a-huge", 1: EVIL_ID}.get(i, f"ok-{i}"),
+            candidate="cand",
+            experiment="hostile",
+            production_model="prod",
+            agree=i % 2 == 0,
+            divergence=1.0 if i % 2 or i == 0 else 0.0,
+            production_output={"label": HUGE_LABEL if i == 0 else f"label-{i % 20}"},
+            candidate_output=None if i == 3 else {"label": f"other-{i}"},
+            candidate_error=EVIL_ERROR if i == 3 else None,
+        )  # fmt: skip
+        for i in range(50)
+    ]
     wh.insert_comparisons(rows)
     server = wh.serve_http()
     yield cfg

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from shadowline.config import parse_config
-from shadowline.envelopes import Comparison, now_ms
+from shadowline.envelopes import now_ms
 from shadowline.errors import WarehouseError
 from shadowline.warehouse import COMPARISON_COLUMNS, Warehouse, named_query
 from tests.conftest import free_port
+from tests.fixtures.rows import comparison
 
 pytestmark = pytest.mark.integration
 
@@ -26,19 +27,8 @@ def owner(tmp_path_factory):
     wh.close()
 
 
-def row(
-    rid: str, candidate: str = "c", status: str = "matched", revision: int = 1, **kw
-) -> Comparison:
-    t = now_ms()
-    fields = dict(
-        request_id=rid, experiment=kw.pop("experiment", "wh"), event_time=t,
-        production_model="p", candidate_model=candidate, status=status, revision=revision,
-        output_type="classification", joined_at=t, agree=True, divergence=0.0,
-        production_output={"label": 1}, candidate_output={"label": 1},
-        production_latency_ms=1.0, candidate_latency_ms=2.0, latency_delta_ms=1.0,
-    )  # fmt: skip
-    fields.update(kw)
-    return Comparison(**fields)
+def row(rid: str, candidate: str = "c", status: str = "matched", revision: int = 1, **kw):
+    return comparison(rid, candidate, status, revision, **kw)
 
 
 def count(wh: Warehouse, experiment: str, final: bool = True) -> int:

@@ -14,10 +14,10 @@ import urllib.parse
 import pytest
 
 from shadowline.config import parse_config
-from shadowline.envelopes import Comparison, now_ms
 from shadowline.errors import WarehouseError
 from shadowline.warehouse import Warehouse
 from tests.conftest import free_port
+from tests.fixtures.rows import comparison
 
 pytestmark = pytest.mark.integration
 
@@ -37,30 +37,7 @@ def owner(tmp_path_factory):
         env={},
     )
     wh = Warehouse.open_owner(config)
-    t = now_ms()
-    wh.insert_comparisons(
-        [
-            Comparison(
-                request_id=f"r{i}",
-                experiment="e",
-                event_time=t,
-                production_model="p",
-                candidate_model="c",
-                status="matched",
-                revision=1,
-                output_type="classification",
-                joined_at=t,
-                agree=True,
-                divergence=0.0,
-                production_output={"label": 1},
-                candidate_output={"label": 1},
-                production_latency_ms=1.0,
-                candidate_latency_ms=2.0,
-                latency_delta_ms=1.0,
-            )  # fmt: skip
-            for i in range(5)
-        ]
-    )
+    wh.insert_comparisons([comparison(f"r{i}", experiment="e") for i in range(5)])
     server = wh.serve_http()
     yield wh
     server.shutdown()
