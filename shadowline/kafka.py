@@ -10,6 +10,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,16 +38,22 @@ class RepeatFilter(logging.Filter):
     same line (only its timings differ). A repeat that ends a quiet interval says how
     many were held back."""
 
-    def __init__(self, interval_s: float = 60.0, max_keys: int = 1000) -> None:
+    def __init__(
+        self,
+        interval_s: float = 60.0,
+        max_keys: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.interval_s = interval_s
+        self.clock = clock
         self.max_keys = max_keys
         self._seen: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = _DIGITS.sub("#", record.getMessage())
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             last = self._seen.get(key)
             if last is not None and now - last[0] < self.interval_s:
@@ -116,20 +123,15 @@ def client_settings(cfg: KafkaConfig) -> dict[str, Any]:
         "bootstrap.servers": cfg.bootstrap_servers,
         "security.protocol": cfg.security_protocol,
     }
-    if cfg.sasl_mechanism:
-        out["sasl.mechanism"] = cfg.sasl_mechanism
-    if cfg.sasl_username:
-        out["sasl.username"] = cfg.sasl_username
-    if cfg.sasl_password:
-        out["sasl.password"] = cfg.sasl_password.get_secret_value()
-    if cfg.ssl_ca_location:
-        out["ssl.ca.location"] = cfg.ssl_ca_location
-    if cfg.ssl_certificate_location:
-        out["ssl.certificate.location"] = cfg.ssl_certificate_location
-    if cfg.ssl_key_location:
-        out["ssl.key.location"] = cfg.ssl_key_location
-    if cfg.ssl_key_password:
-        out["ssl.key.password"] = cfg.ssl_key_password.get_secret_value()
+    secret = {"sasl.password": cfg.sasl_password, "ssl.key.password": cfg.ssl_key_password}
+    optional = {
+        "sasl.mechanism": cfg.sasl_mechanism, "sasl.username": cfg.sasl_username,
+        "ssl.ca.location": cfg.ssl_ca_location,
+        "ssl.certificate.location": cfg.ssl_certificate_location,
+        "ssl.key.location": cfg.ssl_key_location,
+    }  # fmt: skip
+    out.update({k: v for k, v in optional.items() if v})
+    out.update({k: v.get_secret_value() for k, v in secret.items() if v})
     out.update(cfg.client)
     # librdkafka logs through Python logging, not straight onto the service's stderr.
     out.setdefault("logger", _RDKAFKA_LOG)

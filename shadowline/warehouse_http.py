@@ -164,8 +164,6 @@ class ReadOnlySession:
         settings = (
             f"readonly=1&max_execution_time={max(1, round(timeout_s))}"
             f"&max_result_bytes={MAX_RESULT_BYTES}&max_query_size={MAX_BODY_BYTES}"
-            # Native output as plain types: shadowline.native walks the data by type
-            "&low_cardinality_allow_in_native_format=0"
         )
         try:
             self._conn = chdb.connect(f"file:{path}?{settings}")

@@ -11,10 +11,9 @@ def record(msg: str) -> logging.LogRecord:
     return logging.LogRecord("shadowline.rdkafka", logging.ERROR, __file__, 1, msg, (), None)
 
 
-def test_a_retried_failure_logs_once_then_says_how_often_it_repeated(monkeypatch):
+def test_a_retried_failure_logs_once_then_says_how_often_it_repeated():
     clock = [100.0]
-    monkeypatch.setattr("shadowline.kafka.time.monotonic", lambda: clock[0])
-    f = RepeatFilter(interval_s=60.0)
+    f = RepeatFilter(interval_s=60.0, clock=lambda: clock[0])
     line = "FAIL [rdkafka#consumer-1]: Connect to ipv4#127.0.0.1:1 failed (after {}ms)"
     passed = [f.filter(record(line.format(i))) for i in range(195)]
     assert passed.count(True) == 1 and passed[0]
