@@ -221,6 +221,7 @@ class Worker:
         stop = stop or threading.Event()
         stop_on_signals(stop)
         k = self.config.kafka
+        kafka.copartitioned(k, ["requests", "predictions"])
         consumer = kafka.make_consumer(k, self.group_id)
         producer = kafka.make_producer(k, on_delivery=self._on_delivery, **{"linger.ms": 2})
         dlq = DeadLetters(producer, k.topic("deadletter"), "worker")
@@ -258,6 +259,9 @@ class Worker:
     def process(self, msgs: list[Any], producer: Any, dlq: DeadLetters) -> None:
         """Decode a batch, run the candidates, produce their predictions."""
         by_exp: dict[str, list[Request]] = defaultdict(list)
+        # Each prediction goes to its request's partition, whatever partitioner the
+        # request's producer used: partners must meet on one partition.
+        parts: dict[str, list[int]] = defaultdict(list)
         topic = self.config.kafka.topic("predictions")
         for msg in msgs:
             if not usable(msg, kafka.PARTITION_EOF):
@@ -278,9 +282,10 @@ class Worker:
                 dlq.send(msg, f"experiment {req.experiment!r} is not configured")
                 continue
             by_exp[req.experiment].append(req)
+            parts[req.experiment].append(msg.partition())
         self.stats.batches += 1
         tasks = [
-            self._fanout.submit(self._score, runner, reqs, producer, topic)
+            self._fanout.submit(self._score, runner, reqs, parts[exp_name], producer, topic)
             for exp_name, reqs in by_exp.items()
             for runner in self.runners[exp_name]
         ]
@@ -288,20 +293,22 @@ class Worker:
             task.result()
 
     def _score(
-        self, runner: CandidateRunner, reqs: list[Request], producer: Any, topic: str
-    ) -> None:
+        self, runner: CandidateRunner, reqs: list[Request], parts: list[int], producer: Any,
+        topic: str,
+    ) -> None:  # fmt: skip
         size = runner.cfg.batch_size
         stats = WorkerStats()
         for start in range(0, len(reqs), size):
             chunk = reqs[start : start + size]
-            for req, outcome in zip(chunk, runner.run(chunk, stats), strict=True):
-                self._produce(producer, topic, req, runner, outcome, stats)
+            outcomes = runner.run(chunk, stats)
+            for req, p, outcome in zip(chunk, parts[start : start + size], outcomes, strict=True):
+                self._produce(producer, topic, req, p, runner, outcome, stats)
         with self._stats_lock:
             for name in ("timeouts", "errors", "predictions", "saturated", "batch_retries"):
                 setattr(self.stats, name, getattr(self.stats, name) + getattr(stats, name))
 
     def _produce(
-        self, producer: Any, topic: str, req: Request, runner: CandidateRunner,
+        self, producer: Any, topic: str, req: Request, partition: int, runner: CandidateRunner,
         outcome: Outcome, stats: WorkerStats,
     ) -> None:  # fmt: skip
         model, role = runner.cfg.name, runner.role
@@ -324,7 +331,9 @@ class Worker:
             stats.errors += 1
         while True:
             try:
-                producer.produce(topic, key=pred.key, value=value, headers=AVRO_HEADERS)
+                producer.produce(
+                    topic, key=pred.key, value=value, partition=partition, headers=AVRO_HEADERS
+                )
                 break
             except BufferError:
                 producer.poll(0.05)  # the worker may wait; it is not the serving path

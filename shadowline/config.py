@@ -161,20 +161,25 @@ class WarehouseConfig(_Frozen):
 
 
 class JoinerConfig(_Frozen):
-    """The Faust joiner's identity and timing."""
+    """The joiner's engine, identity and timing."""
 
-    # Faust app id: its consumer group and the prefix of its changelog topic. Default
-    # "<kafka.namespace>joiner", so two namespaces on one cluster never share join state.
+    # "confluent": batch consume on confluent-kafka, scales out by running more
+    # joiners. "faust": the same join in a faust-streaming app, one instance only.
+    engine: Literal["confluent", "faust"] = "confluent"
+    # The joiners' consumer group and the prefix of their changelog topic
+    # ("<app_id>-pending-changelog"). Default "<kafka.namespace>joiner", so two
+    # namespaces on one cluster never share join state.
     app_id: str = "shadowline.joiner"
     # After a row was emitted as missing, how long a late partner still corrects it.
     late_grace_s: float = Field(300.0, ge=0)
-    # How often pending requests are checked against their window.
+    # How often pending requests are checked against their window (a sweep over a
+    # heap of deadlines).
     tick_interval_s: float = Field(0.5, gt=0, le=60)
     # Events handled per batch, and how long a batch waits to fill before it is handled
     # anyway: every batch ends with one wait for Kafka to acknowledge its output.
     batch_max: int = Field(2000, ge=1, le=100_000)
     batch_wait_s: float = Field(0.05, gt=0, le=5)
-    # Local state directory for Faust (tables are rebuilt from changelog topics).
+    # Local state directory for the Faust engine (tables are rebuilt from changelogs).
     data_dir: str = ".shadowline/joiner"
 
 

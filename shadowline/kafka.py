@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from shadowline.config import Config, KafkaConfig
 from shadowline.errors import KafkaError
+from shadowline.partitioning import PARTITIONER
 
 _DIGITS = re.compile(r"\d+")
 
@@ -139,10 +140,11 @@ def client_settings(cfg: KafkaConfig) -> dict[str, Any]:
 
 
 def make_producer(cfg: KafkaConfig, **overrides: Any) -> Producer:
-    """An idempotent, lz4-compressed producer."""
+    """An idempotent, lz4-compressed producer that partitions keys like the Java client."""
     settings = client_settings(cfg)
     settings.update(
         {
+            "partitioner": PARTITIONER,
             "enable.idempotence": True,
             "compression.type": "lz4",
             "linger.ms": 5,
@@ -229,6 +231,25 @@ def create_topics(config: Config, timeout: float = 30.0) -> dict[str, str]:
                 else:
                     raise KafkaError(f"cannot create topic {name}: {exc}") from exc
     return result
+
+
+def copartitioned(cfg: KafkaConfig, logical: list[str], timeout: float = 30.0) -> int:
+    """The partition count the logical topics share; an error names the topics if one
+    is missing or their counts differ (partners could not meet by partition)."""
+    try:
+        md = admin(cfg).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot reach Kafka at {cfg.bootstrap_servers}: {exc}") from exc
+    counts = {}
+    for name in (cfg.topic(t) for t in logical):
+        topic = md.topics.get(name)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise KafkaError(f"topic {name} does not exist: run `shadowline topics create`")
+        counts[name] = len(topic.partitions)
+    if len(set(counts.values())) != 1:
+        shown = ", ".join(f"{n} has {c}" for n, c in counts.items())
+        raise KafkaError(f"these topics must have equal partition counts: {shown}")
+    return next(iter(counts.values()))
 
 
 def header(msg: Message, name: str) -> str | None:

@@ -43,6 +43,16 @@ class ComponentMetrics:
                                 ["component"], buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
         self._lag = Gauge("shadowline_consumer_lag", "Messages not yet consumed, by partition.",
                           ["component", "topic", "partition"], registry=r)  # fmt: skip
+        self._misplaced = Counter(
+            "shadowline_misplaced_events",
+            "Requests first seen on a partition other than their key's murmur2 partition "
+            "(their partners cannot meet them there).",
+            ["component", "topic"], registry=r,
+        )  # fmt: skip
+        self._restored = Counter(
+            "shadowline_state_restored", "Pending states read back from the changelog.",
+            ["component"], registry=r,
+        )  # fmt: skip
         self._last_lag = 0.0
         self.server: Any = None
 
@@ -57,6 +67,12 @@ class ComponentMetrics:
 
     def dead_lettered(self, n: int = 1) -> None:
         self._dead.labels(self.component).inc(n)
+
+    def misplaced(self, topic: str, n: int = 1) -> None:
+        self._misplaced.labels(self.component, topic).inc(n)
+
+    def restored(self, n: int) -> None:
+        self._restored.labels(self.component).inc(n)
 
     def batch(self, seconds: float) -> None:
         self._batch.labels(self.component).observe(seconds)
