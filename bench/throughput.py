@@ -27,7 +27,7 @@ import tomli_w
 
 from shadowline import kafka
 from shadowline.config import Config, load_config
-from shadowline.envelopes import Prediction, Request, now_ms
+from shadowline.envelopes import Comparison, Prediction, Request, now_ms
 from shadowline.supervisor import Pipeline
 from shadowline.warehouse import Warehouse, embedded_server_answers
 
@@ -125,9 +125,28 @@ def topic_count(config: Config, topic: str) -> int:
     return total
 
 
-def raw_consume_rate(config: Config, topics: list[str], expected: int) -> float:
-    consumer = kafka.make_consumer(config.kafka, f"bench-raw-{uuid.uuid4().hex[:6]}")
+def _decoder(config: Config, topic: str) -> Any:
+    """The project's decoder for a topic's messages (what any stage must pay)."""
+    requests = config.kafka.topic("requests")
+
+    def decode(msg: Any) -> Any:
+        ctype = kafka.header(msg, "content-type")
+        t = msg.topic()
+        if t == requests:
+            return Request.from_message(msg.key(), msg.value(), ctype)
+        if t.endswith("comparisons"):
+            return Comparison.from_message(msg.key(), msg.value(), ctype)
+        return Prediction.from_message(msg.key(), msg.value(), ctype)
+
+    return decode
+
+
+def consume_rate(config: Config, topics: list[str], expected: int, decode: bool) -> float:
+    """Events/s of a confluent-kafka consumer reading ``topics`` in batches of 1,000,
+    decoding and validating each message with the project's decoder if ``decode``."""
+    consumer = kafka.make_consumer(config.kafka, f"bench-floor-{uuid.uuid4().hex[:6]}")
     consumer.subscribe([config.kafka.topic(t) for t in topics])
+    dec = _decoder(config, topics[0])
     got = 0
     start = None
     while got < expected:
@@ -135,7 +154,11 @@ def raw_consume_rate(config: Config, topics: list[str], expected: int) -> float:
         msgs = consumer.consume(num_messages=min(1000, expected - got), timeout=1.0)
         if msgs and start is None:
             start = time.perf_counter()
-        got += sum(1 for m in msgs if m.error() is None)
+        for m in msgs:
+            if m.error() is None:
+                got += 1
+                if decode:
+                    dec(m)
     elapsed = time.perf_counter() - (start or time.perf_counter())
     consumer.close()
     return got / elapsed

@@ -102,7 +102,6 @@ flush_interval_s = 0.5
 
 [joiner]
 app_id = "shadowline-demo-joiner"
-data_dir = "joiner"
 tick_interval_s = 0.5
 late_grace_s = 60
 

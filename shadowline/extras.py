@@ -9,6 +9,7 @@ similarity with ``[text]``, MLflow models with ``[mlflow]``.
 from __future__ import annotations
 
 import importlib
+import sys
 import importlib.util
 from types import ModuleType
 
@@ -65,7 +66,8 @@ def require(extra: str) -> None:
     """Raise ``MissingExtra`` if any package of ``extra`` is not installed (cheap: finds
     the modules without importing them). The pipeline's modules call it first."""
     for module in _MODULES[extra]:
-        if importlib.util.find_spec(module) is None:
+        # Faust replaces its module object (no __spec__) once imported: imported is found.
+        if module not in sys.modules and importlib.util.find_spec(module) is None:
             raise MissingExtra(
                 f"{module} is not installed: {EXTRAS[extra]} need "
                 f"`pip install 'shadowline[{extra}]'`"

@@ -52,8 +52,9 @@ path = ".shadowline/warehouse"
 port = 8124
 
 [joiner]
-# The join's state (Faust) lives here.
-data_dir = ".shadowline/joiner"
+# "confluent" scales out: run more joiners and they share the partitions. Their
+# state lives in Kafka (topic "<app_id>-pending-changelog"), nothing on disk.
+engine = "confluent"
 
 # One experiment: production's model and the candidates judged against it.
 [[experiments]]

@@ -35,9 +35,11 @@ class Pipeline:
         for name in self.components:
             self.start_one(name)
 
-    def start_one(self, name: str) -> subprocess.Popen[bytes]:
-        """Start (or restart) one component."""
-        cmd = [sys.executable, "-m", "shadowline", "run", name, "-c", self.config_path]
+    def start_one(self, name: str, component: str | None = None) -> subprocess.Popen[bytes]:
+        """Start (or restart) one process called ``name`` running ``component`` (by
+        default the component called ``name``; a second joiner is e.g. ``joiner-2``)."""
+        component = component or name.split("-", 1)[0]
+        cmd = [sys.executable, "-m", "shadowline", "run", component, "-c", self.config_path]
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -63,10 +65,20 @@ class Pipeline:
                 )
 
     def kill(self, name: str) -> None:
-        """SIGKILL one component (fault tests)."""
-        proc = self.procs[name]
+        """SIGKILL one component (fault tests); it is no longer watched until restarted."""
+        proc = self.procs.pop(name)
         proc.kill()
         proc.wait()
+
+    def terminate(self, name: str, timeout: float = 30.0) -> int:
+        """SIGTERM one process and wait for it (a graceful leave); returns its exit code."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
 
     def stop(self, timeout: float = 20.0) -> dict[str, int | None]:
         """SIGTERM every component, wait, then SIGKILL stragglers; returns exit codes."""

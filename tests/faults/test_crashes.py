@@ -110,11 +110,14 @@ def restart(config: Config, pipeline: Pipeline, name: str, group: str) -> None:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("victim", ["worker", "joiner", "sink"])
+@pytest.mark.parametrize(
+    ("victim", "engine"),
+    [("worker", "confluent"), ("joiner", "confluent"), ("joiner", "faust"), ("sink", "confluent")],
+)
 def test_kill_9_and_restart_loses_and_duplicates_nothing(
-    victim, config_factory, child_env, tmp_path
+    victim, engine, config_factory, child_env, tmp_path
 ):
-    config, path = config_factory([EXPERIMENT])
+    config, path = config_factory([EXPERIMENT], joiner={"engine": engine})
     groups = {
         "worker": f"{config.kafka.namespace}workers",
         "joiner": config.joiner.app_id,

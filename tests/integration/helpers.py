@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from shadowline import kafka
 from shadowline.config import Config
-from shadowline.supervisor import Pipeline
+from shadowline.supervisor import COMPONENTS, Pipeline
 from shadowline.warehouse import Warehouse, embedded_server_answers
 
 T = TypeVar("T")
@@ -58,10 +58,14 @@ def read_topic(config: Config, topic: str, expected: int, timeout: float = 30.0)
     return out
 
 
-def start_pipeline(config: Config, path: Any, env: dict[str, str], log_dir: Any) -> Pipeline:
-    """Start worker, joiner and sink as child processes and wait until all consumer groups
-    hold their partitions and the warehouse answers."""
-    pipeline = Pipeline(path, log_dir=log_dir, env=env)
+def start_pipeline(
+    config: Config, path: Any, env: dict[str, str], log_dir: Any,
+    components: tuple[str, ...] = COMPONENTS,
+) -> Pipeline:  # fmt: skip
+    """Start worker, joiner and sink (or ``components``: process names such as
+    ``joiner-2``) as child processes and wait until all consumer groups hold their
+    partitions and the warehouse answers."""
+    pipeline = Pipeline(path, components=components, log_dir=log_dir, env=env)
     pipeline.start()
     groups = [
         f"{config.kafka.namespace}workers",
@@ -77,6 +81,12 @@ def start_pipeline(config: Config, path: Any, env: dict[str, str], log_dir: Any)
         pipeline.stop()
         raise
     return pipeline
+
+
+def members(config: Config, group: str, n: int) -> bool:
+    """True when ``group`` is stable with exactly ``n`` members, all holding partitions."""
+    got = kafka.group_members(config.kafka, group)
+    return len(got) == n and kafka.groups_ready(config.kafka, [group])
 
 
 def rows(config: Config, sql: str, **params: Any) -> list[dict[str, Any]]:

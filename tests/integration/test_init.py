@@ -73,7 +73,6 @@ def test_a_starter_config_runs_as_written_and_its_traffic_lands(kafka_bootstrap,
         assert samples["observed"] == 1000 and samples["outcome"] == "pass"
         for component in ("worker", "joiner", "sink"):
             assert (work / "logs" / f"{component}.log").exists()
-        assert (work / ".shadowline" / "joiner").is_dir()
     finally:
         up.terminate()
         up.wait(timeout=60)

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 OUT = {"label": 1, "probabilities": {"0": 0.3, "1": 0.7}}
 
 
-def test_pending_state_survives_a_joiner_kill(config_factory, child_env, tmp_path):
+@pytest.mark.parametrize("engine", ["confluent", "faust"])
+def test_pending_state_survives_a_joiner_kill(engine, config_factory, child_env, tmp_path):
     # A long window: if the joiner forgot the production side, the candidates below
     # could only end as `missing_production` 60 s later, not as quick matches.
     exp = {
@@ -28,7 +29,7 @@ def test_pending_state_survives_a_joiner_kill(config_factory, child_env, tmp_pat
         "window_s": 60,
         "candidates": [{"name": "echo", "model": "tests.fixtures.models:EchoModel"}],
     }
-    config, path = config_factory([exp])
+    config, path = config_factory([exp], joiner={"engine": engine})
     pipeline = start_pipeline(config, path, child_env, tmp_path / "logs")
     try:
         prods = [Prediction(f"k-{i}", "restart", "production", "prod", OUT, 1.0, now_ms())
