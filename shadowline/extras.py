@@ -9,8 +9,8 @@ similarity with ``[text]``, MLflow models with ``[mlflow]``.
 from __future__ import annotations
 
 import importlib
-import sys
 import importlib.util
+import sys
 from types import ModuleType
 
 from shadowline.errors import ShadowlineError
