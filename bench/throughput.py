@@ -37,13 +37,13 @@ PROBS = {"0": 0.3, "1": 0.7}
 CANDIDATES = 2
 
 
-def make_config(tmp: Path, bootstrap: str) -> tuple[Config, Path]:
+def make_config(tmp: Path, bootstrap: str, engine: str = "confluent") -> tuple[Config, Path]:
     tmp.mkdir(parents=True, exist_ok=True)
     ns = f"bench{uuid.uuid4().hex[:8]}."
     data = {
         "kafka": {"bootstrap_servers": bootstrap, "namespace": ns, "partitions": 3},
         "warehouse": {"path": str(tmp / "wh"), "port": 18000 + os.getpid() % 1000},
-        "joiner": {"app_id": f"{ns}joiner", "data_dir": str(tmp / "joiner")},
+        "joiner": {"app_id": f"{ns}joiner", "data_dir": str(tmp / "joiner"), "engine": engine},
         "experiments": [
             {
                 "name": "bench",
@@ -301,18 +301,13 @@ def main() -> None:
 
     # worker: requests in, predictions out
     worker = run_stage(
-        config,
-        path,
-        ("worker",),
-        [("requests", data["requests"])],
-        topic_counter(config, "predictions"),
-        w_pairs + pairs,
-        tmp,
+        config, path, ("worker",), [("requests", data["requests"])],
+        topic_counter(config, "predictions"), w_pairs + pairs, tmp,
         warmup=([("requests", warm["requests"])], w_pairs),
-    )
-    # joiner, on its own topics: requests + production + candidate predictions in,
-    # comparisons out.
-    j_config, j_path = make_config(tmp / "joiner-stage", args.bootstrap)
+    )  # fmt: skip
+
+    # joiner, each engine on its own topics: requests + production + candidate
+    # predictions in, comparisons out.
     joiner_events = n + n + pairs
 
     def joiner_feed(d: dict[str, list]) -> list[tuple[str, list]]:
@@ -322,18 +317,19 @@ def main() -> None:
             ("predictions", d["candidates"]),
         ]
 
-    joiner = run_stage(
-        j_config,
-        j_path,
-        ("joiner",),
-        joiner_feed(data),
-        topic_counter(j_config, "comparisons"),
-        w_pairs + pairs,
-        tmp / "joiner-stage",
-        warmup=(joiner_feed(warm), w_pairs),
-    )
-    joiner["input_events_per_s"] = round(joiner_events / joiner["seconds"], 1)
-    floor = faust_floor(j_path, joiner_events)
+    joiners: dict[str, dict[str, Any]] = {}
+    j_configs: dict[str, tuple[Config, Path]] = {}
+    for engine in ("confluent", "faust"):
+        j_config, j_path = make_config(tmp / f"joiner-{engine}", args.bootstrap, engine)
+        j_configs[engine] = (j_config, j_path)
+        joiners[engine] = run_stage(
+            j_config, j_path, ("joiner",), joiner_feed(data),
+            topic_counter(j_config, "comparisons"), w_pairs + pairs, tmp / f"joiner-{engine}",
+            warmup=(joiner_feed(warm), w_pairs),
+        )  # fmt: skip
+        joiners[engine]["input_events_per_s"] = round(joiner_events / joiners[engine]["seconds"], 1)
+    j_config, j_path = j_configs["confluent"]
+    faust_nothing = faust_floor(j_configs["faust"][1], joiner_events + 2 * w + w_pairs)
 
     # sink: the joiner's comparisons in (already there: start-up is inside its time)
     sink = run_stage(
@@ -344,71 +340,74 @@ def main() -> None:
     # the whole pipeline on fresh topics: requests + production predictions in, rows out
     p_config, p_path = make_config(tmp / "pipeline", args.bootstrap)
     whole = run_stage(
-        p_config,
-        p_path,
-        ("sink", "joiner", "worker"),
+        p_config, p_path, ("sink", "joiner", "worker"),
         [("requests", data["requests"]), ("predictions", data["production"])],
-        warehouse_rows(p_config),
-        w_pairs + pairs,
-        tmp / "pipeline",
+        warehouse_rows(p_config), w_pairs + pairs, tmp / "pipeline",
         warmup=([("requests", warm["requests"]), ("predictions", warm["production"])], w_pairs),
-    )
+    )  # fmt: skip
     whole["requests_per_s"] = round(n / whole["seconds"], 1)
-    raw_pipeline_input = raw_consume_rate(p_config, ["requests", "predictions"], 2 * n)
+    whole["input_events_per_s"] = round(2 * n / whole["seconds"], 1)
 
-    raw_requests = raw_consume_rate(config, ["requests"], n)
-    raw_joiner_input = raw_consume_rate(j_config, ["requests", "predictions"], joiner_events)
-    raw_comparisons = raw_consume_rate(j_config, ["comparisons"], w_pairs + pairs)
+    # The floors, on the same messages: a confluent-kafka consumer in batches of 1,000,
+    # with and without the project's decoder.
+    inputs = {
+        "worker": (config, ["requests"], w + n),
+        "joiner": (j_config, ["requests", "predictions"], joiner_events + 2 * w + w_pairs),
+        "sink": (j_config, ["comparisons"], w_pairs + pairs),
+        "pipeline": (p_config, ["requests", "predictions"], 2 * (w + n)),
+    }
+    floors = {
+        stage: {
+            "consume": round(consume_rate(cfg, topics, count, decode=False), 1),
+            "consume_and_decode": round(consume_rate(cfg, topics, count, decode=True), 1),
+        }
+        for stage, (cfg, topics, count) in inputs.items()
+    }
+    stages = {"worker": worker, "joiner": joiners["confluent"], "joiner (faust engine)":
+              joiners["faust"], "sink": sink, "pipeline": whole}  # fmt: skip
+    for name, st in stages.items():
+        floor = floors[name.split(" ", 1)[0]]["consume_and_decode"]
+        st["ratio_to_decode_floor"] = round(st["input_events_per_s"] / floor, 3)
     result = {
         "requests": n,
         "candidates": CANDIDATES,
         "cpus": os.cpu_count(),
-        "raw_consume_per_s": {
-            "requests": round(raw_requests, 1),
-            "joiner_input": round(raw_joiner_input, 1),
-            "comparisons": round(raw_comparisons, 1),
-            "pipeline_input": round(raw_pipeline_input, 1),
-        },
-        "worker": worker | {"ratio_to_raw": round(worker["input_events_per_s"] / raw_requests, 3)},
-        "joiner": joiner
-        | {
-            "ratio_to_raw": round(joiner["input_events_per_s"] / raw_joiner_input, 3),
-            "faust_floor_events_per_s": floor["events_per_s"],
-            "ratio_to_faust_floor": round(joiner["input_events_per_s"] / floor["events_per_s"], 3),
-        },
-        "sink": sink | {"ratio_to_raw": round(sink["input_events_per_s"] / raw_comparisons, 3)},
-        "pipeline": whole
-        | {"ratio_to_raw": round(whole["input_events_per_s"] / raw_pipeline_input, 3)},
+        "floors_events_per_s": floors,
+        "stages": stages,
+        "faust_agent_doing_nothing_events_per_s": faust_nothing["events_per_s"],
+        "joiner_engines_ratio": round(
+            joiners["confluent"]["input_events_per_s"] / joiners["faust"]["input_events_per_s"], 2
+        ),
     }
     OUT.mkdir(exist_ok=True)
     (OUT / "throughput.json").write_text(json.dumps(result, indent=2))
     md = [
-        "| stage | input events | events/s | bare consumer, same messages, events/s "
-        "| ratio | peak RSS MB |",
-        "|---|---|---|---|---|---|",
+        "| stage | events/s | consume + decode floor, same messages | ratio to floor "
+        "| consume only | CPU (cores) | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
     ]
-    stages = (
-        ("worker", "requests", n),
-        ("joiner", "joiner_input", joiner_events),
-        ("sink", "comparisons", w_pairs + pairs),
-        ("pipeline", "pipeline_input", 2 * n),
-    )
-    for stage, raw_key, events in stages:
-        s = result[stage]
-        raw = result["raw_consume_per_s"][raw_key]
+    for name, st in stages.items():
+        floor = floors[name.split(" ", 1)[0]]
+        cpu = st["cpu_utilisation"]
+        rss = st["peak_rss_mb"]
+        rss_text = ", ".join(f"{c} {v}" for c, v in rss.items()) if isinstance(rss, dict) else rss
         md.append(
-            f"| {stage} | {events} | {s['input_events_per_s']} | {raw} | {s['ratio_to_raw']} "
-            f"| {s['peak_rss_mb']} |"
+            f"| {name} | {st['input_events_per_s']:,.0f} | {floor['consume_and_decode']:,.0f} "
+            f"| {st['ratio_to_decode_floor']} | {floor['consume']:,.0f} "
+            f"| {', '.join(f'{c} {v}' for c, v in cpu.items())} "
+            f"| {rss_text} |"
         )
+    rates = {e: f"{j['input_events_per_s']:,.0f}" for e, j in joiners.items()}
     md.append(
-        f"| Faust agent doing nothing (`bench/faust_floor.py`) | {joiner_events} "
-        f"| {floor['events_per_s']} | {raw_joiner_input:.1f} "
-        f"| {floor['events_per_s'] / raw_joiner_input:.3f} | |"
+        f"\nJoiner engines, same messages: confluent {rates['confluent']} events/s, "
+        f"faust {rates['faust']} "
+        f"({result['joiner_engines_ratio']}x); a Faust agent doing nothing reads "
+        f"{faust_nothing['events_per_s']:,.0f}/s (`bench/faust_floor.py`)."
     )
-    md.append(f"\nJoiner / Faust floor: {result['joiner']['ratio_to_faust_floor']}.")
     md.append(
         f"\n{n} requests, {CANDIDATES} candidates (EchoModel, batch 256), 3 partitions, "
-        f"{os.cpu_count()} CPUs."
+        f"{os.cpu_count()} CPUs; the pipeline reads requests + production predictions "
+        f"({whole['requests_per_s']:,.0f} requests/s)."
     )
     (OUT / "throughput.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

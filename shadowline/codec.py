@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -23,6 +25,7 @@ import fastavro
 import orjson
 from fastavro.schema import to_parsing_canonical_form
 
+from shadowline import avrogen
 from shadowline.errors import ValueDecodeError
 from shadowline.resources import data_dir
 
@@ -79,6 +82,9 @@ class Schema:
     fingerprint: int
     header: bytes
     fields: tuple[str, ...]
+    # Generated from the schema (shadowline.avrogen); None where fastavro is kept.
+    writer: Callable[[dict[str, Any], bytes], bytes] | None = None
+    reader: Callable[[bytes, int], dict[str, Any]] | None = None
 
 
 @cache
@@ -104,6 +110,8 @@ def _load(kind: str, path: Path) -> Schema:
         fingerprint=fp,
         header=MAGIC + fp.to_bytes(8, "little"),
         fields=tuple(f["name"] for f in raw["fields"]),
+        writer=avrogen.compile_writer(raw),
+        reader=avrogen.compile_reader(raw),
     )
 
 
@@ -124,6 +132,15 @@ def _by_fingerprint() -> dict[bytes, Schema]:
 def encode_avro(kind: str, record: dict[str, Any]) -> bytes:
     """Single-object encode ``record`` (a dict shaped like the schema)."""
     sch = schema(kind)
+    if sch.writer is not None:
+        try:
+            return sch.writer(record, sch.header)
+        except avrogen.AvroError:
+            raise
+        except KeyError as exc:
+            raise avrogen.AvroError(f"{sch.name}: field {exc} has no value") from exc
+        except (TypeError, AttributeError) as exc:
+            raise avrogen.AvroError(f"{sch.name}: {exc}") from exc
     buf = io.BytesIO()
     buf.write(sch.header)
     fastavro.schemaless_writer(buf, sch.parsed, record)
@@ -165,6 +182,15 @@ def decode_avro(kind: str, value: bytes) -> dict[str, Any]:
         raise ValueDecodeError(f"unknown writer schema fingerprint {value[2:10].hex()}")
     if writer.kind != kind:
         raise ValueDecodeError(f"wrong schema: got {writer.name}, expected {schema(kind).name}")
+    if writer.reader is not None:
+        try:
+            return writer.reader(value, 10)
+        except avrogen.AvroError as exc:
+            raise ValueDecodeError(f"corrupt Avro body for {writer.name}: {exc}") from exc
+        except (IndexError, UnicodeDecodeError, struct.error) as exc:
+            raise ValueDecodeError(
+                f"corrupt Avro body for {writer.name}: {type(exc).__name__}"
+            ) from exc
     buf = io.BytesIO(value)
     buf.seek(10)
     try:

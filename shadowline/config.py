@@ -12,6 +12,7 @@ import os
 import tomllib
 import typing
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -405,6 +406,11 @@ class ExperimentConfig(_Frozen):
 
     def compared_models(self) -> tuple[str, ...]:
         """Every model compared with production: the candidates, then the secondary."""
+        return self.compared
+
+    @cached_property
+    def compared(self) -> tuple[str, ...]:
+        # The joiner asks several times per event; the config is frozen.
         names = tuple(c.name for c in self.candidates)
         return names + ((self.secondary.name,) if self.secondary else ())
 

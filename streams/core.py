@@ -118,6 +118,14 @@ class JoinerCore:
     def __init__(self, config: Config, partitions: int | None = None) -> None:
         k = config.kafka
         self.experiments: dict[str, ExperimentConfig] = {e.name: e for e in config.experiments}
+        # (experiment, role) -> the model names that role may carry
+        self._models: dict[tuple[str, str], frozenset[str]] = {}
+        for e in config.experiments:
+            self._models[(e.name, "candidate")] = frozenset(c.name for c in e.candidates)
+            self._models[(e.name, "secondary")] = frozenset(
+                [e.secondary.name] if e.secondary else []
+            )
+        self._unpaired = {e.name for e in config.experiments if e.mode in SERVED_MODES}
         self.grace_ms = int(config.joiner.late_grace_s * 1000)
         self.requests_topic = k.topic("requests")
         # Partition count of the co-partitioned input topics, for the placement check
@@ -287,20 +295,15 @@ class JoinerCore:
         if exp is None:
             self._reject(step, rec, f"experiment {env.experiment!r} is not configured", owner)
             return
-        if exp.mode in SERVED_MODES or (
-            isinstance(env, Prediction) and env.role in ("arm", "interleaved")
-        ):
+        role = env.role if owner else None  # type: ignore[union-attr]
+        if exp.name in self._unpaired or role == "arm" or role == "interleaved":
             # Served arms (A/B, canary) are judged per arm from the warehouse, and
             # interleaved lists by their clicks there: neither is paired.
             self.stats.skipped += 1
             return
-        if isinstance(env, Prediction) and env.role in ("candidate", "secondary"):
-            if env.role == "candidate":
-                expected = [c.name for c in exp.candidates]
-            else:
-                expected = [exp.secondary.name] if exp.secondary else []
-            if env.model not in expected:
-                reason = f"{env.role} {env.model!r} is not configured for {exp.name!r}"
+        if role == "candidate" or role == "secondary":
+            if env.model not in self._models[(exp.name, role)]:  # type: ignore[union-attr]
+                reason = f"{role} {env.model!r} is not configured for {exp.name!r}"  # type: ignore[union-attr]
                 self._dead(step, rec, reason)
                 return
         part = self._parts.get(rec.partition)
@@ -320,11 +323,11 @@ class JoinerCore:
             self._dead(step, rec, f"request_id already belongs to experiment {state.experiment!r}")
             return
         before = state.duplicates
-        if isinstance(env, Request):
-            pairing.on_request(state, env)
+        if not owner:
+            pairing.on_request(state, env)  # type: ignore[arg-type]
             rows: list[Comparison] = []
         else:
-            rows = pairing.on_prediction(state, env, exp, now)
+            rows = pairing.on_prediction(state, env, exp, now)  # type: ignore[arg-type]
         if state.duplicates != before:
             self.stats.duplicates += 1
             return  # a duplicate changes nothing worth a changelog write
