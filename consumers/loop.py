@@ -46,12 +46,15 @@ def usable(msg: Any, partition_eof: int) -> bool:
     return False
 
 
-def commit(consumer: Any, **kwargs: Any) -> bool:
-    """Commit offsets; a failure (assignment lost, coordinator moving) means a replay."""
+def commit(consumer: Any, asynchronous: bool = False, **kwargs: Any) -> bool:
+    """Commit offsets; a failure (assignment lost, coordinator moving) means a replay.
+
+    Asynchronous only where the outputs the offsets stand for are already acknowledged:
+    a commit that is lost then only replays messages whose outputs Kafka holds."""
     from shadowline.kafka import KafkaException
 
     try:
-        consumer.commit(asynchronous=False, **kwargs)
+        consumer.commit(asynchronous=asynchronous, **kwargs)
     except KafkaException as exc:
         log.warning("commit failed, the messages will be replayed: %s", exc)
         return False

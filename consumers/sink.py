@@ -24,10 +24,11 @@ from shadowline.consumers.loop import commit, flush_all, stop_on_signals, usable
 
 from shadowline import kafka
 from shadowline.config import SERVED_MODES, Config
-from shadowline.envelopes import Comparison, Control, Feedback, Prediction, Request
+from shadowline.envelopes import Control, Feedback, Prediction, Request
 from shadowline.errors import Backpressure, DecodeError, WarehouseError
 from shadowline.metrics import ComponentMetrics
 from shadowline.warehouse import (
+    COMPARISON_COLUMNS,
     FEEDBACK_COLUMNS,
     INTERLEAVED_COLUMNS,
     MODEL_COLUMNS,
@@ -35,6 +36,7 @@ from shadowline.warehouse import (
     ROLLOUT_COLUMNS,
     SERVED_COLUMNS,
     Warehouse,
+    comparison_row_from_message,
     feedback_row,
     interleaved_row,
     model_rows,
@@ -72,7 +74,7 @@ class Sink:
         self.config = config
         self.group_id = group_id or f"{config.kafka.namespace}sink"
         self.stats = SinkStats()
-        self._buffer: list[Comparison] = []
+        self._buffer: list[list[Any]] = []  # comparison rows, in COMPARISON_COLUMNS order
         # Rows for the other tables, by table.
         self._extra: dict[str, list[list[Any]]] = defaultdict(list)
         self._production = {e.name: e.production_model for e in config.experiments}
@@ -90,8 +92,8 @@ class Sink:
         self.warehouse: Warehouse | None = None
         self.ready = threading.Event()
 
-    def add(self, row: Comparison, msg: Any) -> None:
-        """Buffer one comparison and remember its offset for the commit after flush."""
+    def add(self, row: list[Any], msg: Any) -> None:
+        """Buffer one comparison row and remember its offset for the commit after flush."""
         if self._oldest is None:
             self._oldest = time.monotonic()
         self._buffer.append(row)
@@ -125,7 +127,7 @@ class Sink:
             delay = 0.2
             while True:
                 try:
-                    n = self.warehouse.insert_comparisons(self._buffer)
+                    n = self.warehouse.insert("comparisons", COMPARISON_COLUMNS, self._buffer)
                     self.stats.inserted += n
                     self.metrics.produced("comparisons", n)
                     self._buffer = []
@@ -165,7 +167,7 @@ class Sink:
         ctype = kafka.header(msg, "content-type")
         try:
             if topic == k.topic("comparisons"):
-                self.add(Comparison.from_message(msg.key(), msg.value(), ctype), msg)
+                self.add(comparison_row_from_message(msg.key(), msg.value(), ctype), msg)
             elif topic == k.topic("control"):
                 control = Control.from_message(msg.key(), msg.value(), ctype)
                 production = self._production.get(control.experiment)

@@ -216,7 +216,7 @@ class Worker:
         if err is not None:
             self._delivery_failed = f"{msg.topic()}: {err}"
 
-    def run(self, stop: threading.Event | None = None, batch_size: int = 500) -> WorkerStats:
+    def run(self, stop: threading.Event | None = None, batch_size: int = 2000) -> WorkerStats:
         """Run until ``stop`` is set (or SIGINT/SIGTERM); returns the counters."""
         stop = stop or threading.Event()
         stop_on_signals(stop)
@@ -232,7 +232,8 @@ class Worker:
             while not stop.is_set():
                 if m.lag_due(self.config.metrics.lag_interval_s):
                     m.measure_lag(consumer)
-                msgs = consumer.consume(num_messages=batch_size, timeout=0.2)
+                # A short wait: consume() holds a part-filled batch until it times out.
+                msgs = consumer.consume(num_messages=batch_size, timeout=0.05)
                 if not msgs:
                     continue
                 started = time.perf_counter()
@@ -242,7 +243,8 @@ class Worker:
                 flush_all(producer, stop, "worker")
                 if self._delivery_failed:
                     raise KafkaError(f"prediction not delivered: {self._delivery_failed}")
-                commit(consumer)
+                # Every prediction of the batch is acknowledged: a lost commit replays.
+                commit(consumer, asynchronous=True)
                 m.produced(k.topic("predictions"), self.stats.predictions - predictions)
                 m.dead_lettered(dlq.count - dead)
                 m.batch(time.perf_counter() - started)

@@ -480,6 +480,27 @@ class Comparison(_Envelope):
             raise ValueDecodeError("field 'revision' must be an integer")
         return cls(**data)  # type: ignore[arg-type]
 
+    @classmethod
+    def stored_record(
+        cls, key: bytes | None, value: bytes | None, content_type: str | None = None
+    ) -> dict[str, Any]:
+        """Decode and validate one message into the record as the warehouse stores it
+        (outputs as JSON text), as ``from_message(...)._avro_record()`` would, without
+        parsing the outputs into objects and writing them back for Avro messages."""
+        if value is None or codec.sniff(value, content_type) != codec.AVRO:
+            return cls.from_message(key, value, content_type)._avro_record()
+        rec = codec.decode_avro(cls.kind, value)
+        # Avro already guarantees the types, the enums and the revision's range.
+        for name in ("request_id", "experiment", "production_model", "candidate_model",
+                     "output_type"):  # fmt: skip
+            _req_str(rec, name, MAX_ID_LEN)
+        rec["event_time"] = _event_ms(rec)
+        rec["joined_at"] = _event_ms(rec, "joined_at")
+        for name in ("production_output", "candidate_output"):
+            _json_field(rec.get(name), name)
+        _check_key(key, rec["request_id"])
+        return rec
+
     def _avro_record(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value; a shallow read is 10x cheaper.
         rec = {name: getattr(self, name) for name in _COMPARISON_FIELDS}

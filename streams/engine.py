@@ -198,6 +198,8 @@ class Joiner:
         self._restore_consumer: Any = None
         self._outbox: Outbox | None = None
         self._misplaced_logged = 0.0
+        # Next offset to read per (topic, partition), as last committed.
+        self._committed: dict[tuple[str, int], int] = {}
         if any(similarity_for(e) for e in config.experiments):
             load_embeddings()  # at start: a missing extra stops here with its message
 
@@ -237,9 +239,17 @@ class Joiner:
         )  # fmt: skip
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
-        # Every batch was produced, acknowledged and committed before consume() was
-        # called again, so there is nothing in flight to flush here.
+        # Every batch was produced and acknowledged before consume() was called again,
+        # so nothing is in flight; commit its offsets once more, synchronously, so the
+        # next owner starts exactly where this member stopped.
         assert self.core is not None and self._outbox is not None
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        offsets = [kafka.TopicPartition(t, p, o) for (t, p), o in self._committed.items()
+                   if (t, p) in gone]  # fmt: skip
+        if offsets:
+            commit(consumer, offsets=offsets)
+        for key in gone:
+            self._committed.pop(key, None)
         for p in sorted({tp.partition for tp in partitions}):
             state = self.core.revoke(p)
             if state is not None:
@@ -252,6 +262,8 @@ class Joiner:
         for p in {tp.partition for tp in partitions}:
             self.core.revoke(p)
             self._standby.pop(p, None)
+        for tp in partitions:
+            self._committed.pop((tp.topic, tp.partition), None)
         log.warning("lost partitions %s", sorted({tp.partition for tp in partitions}))
 
     # -- the loop --------------------------------------------------------------------
@@ -304,9 +316,10 @@ class Joiner:
                 step = self.core.handle(records, now, sweep=sweep)
                 self._write(step, outbox, stop)
                 if handled:
-                    commit(consumer, offsets=[
-                        kafka.TopicPartition(t, p, o) for (t, p), o in handled.items()
-                    ])  # fmt: skip
+                    # Rows and states are acknowledged: a lost commit only replays.
+                    offsets = [kafka.TopicPartition(t, p, o) for (t, p), o in handled.items()]
+                    commit(consumer, asynchronous=True, offsets=offsets)
+                    self._committed.update(handled)
                 for topic, n in counts.items():
                     m.consumed(topic, n)
                 self._observe(step)

@@ -13,7 +13,7 @@ from shadowline.envelopes import (
     Request,
     now_ms,
 )
-from shadowline.errors import EncodeError, KeyDecodeError, ValueDecodeError
+from shadowline.errors import DecodeError, EncodeError, KeyDecodeError, ValueDecodeError
 
 
 def test_crc64_avro_matches_the_spec_test_vector():
@@ -271,3 +271,48 @@ def test_predictions_and_comparisons_from_before_timing_still_decode():
     assert Prediction.from_message(b"r-1", batched.encode_json(), "application/json").timing == (
         "batch_share"
     )
+
+
+def test_the_sinks_stored_record_equals_decoding_then_re_encoding():
+    from shadowline.envelopes import Comparison
+    from tests.fixtures.rows import comparison
+
+    out = {"label": 1, "probabilities": {"0": 0.25, "1": 0.75}, "text": "é \u2028"}
+    for c in (
+        comparison("r-1", metrics={"js": 0.1}, production_output=out, candidate_output=out),
+        comparison(
+            "r-2",
+            status="missing_candidate",
+            revision=0,
+            candidate_output=None,
+            agree=None,
+            divergence=None,
+            unit_id="u",
+            arm="a",
+        ),  # fmt: skip
+    ):
+        for value, ctype in ((c.encode(), "avro/binary"), (c.encode_json(), "application/json")):
+            expected = Comparison.from_message(c.key, value, ctype)._avro_record()
+            assert Comparison.stored_record(c.key, value, ctype) == expected
+
+
+def test_the_sinks_stored_record_refuses_what_from_message_refuses():
+    from shadowline import codec
+    from shadowline.envelopes import Comparison
+    from tests.fixtures.rows import comparison
+
+    good = comparison("r-1")._avro_record()
+    cases = {
+        "is not valid JSON": good | {"candidate_output": "{not json"},
+        "more than": good | {"experiment": "x" * 10_000},
+        "plausible": good | {"event_time": 5},
+        "is empty": good | {"candidate_model": ""},
+    }
+    for reason, rec in cases.items():
+        value = codec.encode_avro("comparison", rec)
+        with pytest.raises(ValueDecodeError, match=reason):
+            Comparison.from_message(b"r-1", value, "avro/binary")
+        with pytest.raises(ValueDecodeError, match=reason):
+            Comparison.stored_record(b"r-1", value, "avro/binary")
+    with pytest.raises(DecodeError, match="does not match request_id"):
+        Comparison.stored_record(b"other", codec.encode_avro("comparison", good), "avro/binary")
