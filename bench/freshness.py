@@ -44,6 +44,24 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pid() -> int | None:
+    """The Kafka broker on this host (for its CPU share), if one runs here."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"kafka.Kafka" in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
 def run_once(rate: float, seconds: float, candidates: int, bootstrap: str) -> dict[str, Any]:
     """One steady load on fresh topics; freshness and memory samples."""
     tmp = Path(tempfile.mkdtemp(prefix="shadowline-fresh-"))
@@ -105,6 +123,11 @@ def run_once(rate: float, seconds: float, candidates: int, bootstrap: str) -> di
                     lag_s = max(lag_s, -delay)  # the serving loop itself fell behind
 
         thread = threading.Thread(target=serve)
+        pids = {name: p.pid for name, p in pipeline.procs.items()}
+        pids["load generator + tap"] = os.getpid()
+        if (bp := broker_pid()) is not None:
+            pids["broker"] = bp
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
         thread.start()
         while thread.is_alive():
@@ -114,6 +137,9 @@ def run_once(rate: float, seconds: float, candidates: int, bootstrap: str) -> di
                 | {name: round(rss_mb(p.pid), 1) for name, p in pipeline.procs.items()}
             )
             thread.join(timeout=5)
+        loaded = time.monotonic() - started
+        # cores each process used while the load ran
+        cores = {n: round((cpu_seconds(pid) - cpu0[n]) / loaded, 2) for n, pid in pids.items()}
         mirror.close()
         wh = Warehouse.open_reader(config)
         deadline = time.monotonic() + 300
@@ -142,6 +168,7 @@ def run_once(rate: float, seconds: float, candidates: int, bootstrap: str) -> di
         "serving_loop_max_lag_s": round(lag_s, 3),
         "freshness_ms": {k: round(float(v), 1) for k, v in fresh.items()},
         "rss_mb_first_last": {n: [first[n], last[n]] for n in pipeline.procs},
+        "cores_used_during_load": cores,
         "rss_mb_samples": samples,
     }
 
@@ -162,8 +189,8 @@ def main() -> None:
     (OUT / f"{name}.json").write_text(json.dumps(runs, indent=2))
     md = [
         "| offered load | achieved | requests | rows not matched | freshness p50 ms | p99 ms "
-        "| max ms | RSS MB first -> last (worker, joiner, sink) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| max ms | RSS MB first -> last (worker, joiner, sink) | cores used during the load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         f = r["freshness_ms"]
@@ -172,7 +199,8 @@ def main() -> None:
         md.append(
             f"| {r['offered_rate_per_s']:g}/s for {r['seconds']:g} s "
             f"| {r['achieved_rate_per_s']:g}/s | {r['requests']} | {f['unmatched']:g} "
-            f"| {f['p50']} | {f['p99']} | {f['max']} | {mem} |"
+            f"| {f['p50']} | {f['p99']} | {f['max']} | {mem} "
+            f"| {', '.join(f'{n} {c}' for n, c in r['cores_used_during_load'].items())} |"
         )
     md.append(f"\n{args.candidates} candidates (EchoModel, batch 64), 3 partitions, "
               f"{os.cpu_count()} CPUs, broker and load generator on the same host.")  # fmt: skip

@@ -175,16 +175,18 @@ class _Envelope:
         cls, key: bytes | None, value: bytes | None, content_type: str | None = None
     ) -> Self:
         """Decode and validate one message; raises ``DecodeError`` with the reason."""
-        if value is None:
-            raise ValueDecodeError("message has no value (tombstone)")
-        fmt = codec.sniff(value, content_type)
-        if fmt == codec.AVRO:
-            rec, natural = codec.decode_avro(cls.kind, value), False
-        else:
-            rec, natural = codec.decode_json(value), True
+        rec, natural = cls._record(value, content_type)
         env = cls._from_record(rec, natural)
         cls._check_message_key(key, env)
         return env
+
+    @classmethod
+    def _record(cls, value: bytes | None, content_type: str | None) -> tuple[dict[str, Any], bool]:
+        if value is None:
+            raise ValueDecodeError("message has no value (tombstone)")
+        if codec.sniff(value, content_type) == codec.AVRO:
+            return codec.decode_avro(cls.kind, value), False
+        return codec.decode_json(value), True
 
     @classmethod
     def _check_message_key(cls, key: bytes | None, env: Self) -> None:
@@ -218,6 +220,19 @@ class Request(_Envelope):
     arm_weight: float | None = None
 
     @classmethod
+    def without_inputs(
+        cls, key: bytes | None, value: bytes | None, content_type: str | None = None
+    ) -> Request:
+        """The joiner's view of a request message: every field validated but ``inputs``,
+        which is neither parsed nor kept (``{}``). The joiner needs to know only that the
+        request exists and its unit and arm; the workers validate the inputs and
+        dead-letter a request whose inputs are unusable."""
+        rec, _ = cls._record(value, content_type)
+        env = cls._build(rec, {})
+        _check_key(key, env.request_id)
+        return env
+
+    @classmethod
     def _from_record(cls, rec: dict[str, Any], natural: bool) -> Request:
         inputs = rec.get("inputs")
         if not natural:
@@ -227,6 +242,10 @@ class Request(_Envelope):
                 f"field 'inputs' must be a JSON object, got {type(inputs).__name__}"
             )
         _check_finite(inputs, "inputs")
+        return cls._build(rec, inputs)
+
+    @classmethod
+    def _build(cls, rec: dict[str, Any], inputs: dict[str, Any]) -> Request:
         return cls(
             request_id=_req_str(rec, "request_id", MAX_ID_LEN),
             experiment=_req_str(rec, "experiment"),

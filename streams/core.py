@@ -284,7 +284,7 @@ class JoinerCore:
         ctype = content_type(rec.headers)
         try:
             if not owner:
-                env: Request | Prediction = Request.from_message(rec.key, rec.value, ctype)
+                env: Request | Prediction = Request.without_inputs(rec.key, rec.value, ctype)
             else:
                 env = Prediction.from_message(rec.key, rec.value, ctype)
         except DecodeError as exc:

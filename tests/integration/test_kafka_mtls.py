@@ -1,6 +1,6 @@
 """Kafka with mutual TLS: a broker (the real one, from Maven Central) with an SSL
 listener that asks every client for a certificate signed by its CA. The tap, the
-workers, the Faust joiner and the sink all connect with the configured certificate and
+workers, the joiner (either engine) and the sink all connect with the configured certificate and
 an encrypted key; a client without a certificate is refused."""
 
 from __future__ import annotations
@@ -96,10 +96,13 @@ def test_a_client_without_a_certificate_is_refused(tls_broker):
     assert ping(parse_config({"kafka": kafka}, env={}).kafka, timeout=5.0) is True
 
 
-def test_the_whole_pipeline_runs_over_mutual_tls(tls_broker, config_factory, child_env, tmp_path):
+@pytest.mark.parametrize("engine", ["confluent", "faust"])
+def test_the_whole_pipeline_runs_over_mutual_tls(
+    engine, tls_broker, config_factory, child_env, tmp_path
+):
     kafka, _ = tls_broker
-    config, path = config_factory([EXPERIMENT], kafka=kafka)
-    pipeline = start_pipeline(config, path, child_env, tmp_path / "logs")  # Faust joiner too
+    config, path = config_factory([EXPERIMENT], kafka=kafka, joiner={"engine": engine})
+    pipeline = start_pipeline(config, path, child_env, tmp_path / "logs")
     try:
         with Mirror(config) as mirror:
             for i in range(50):

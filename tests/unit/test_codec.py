@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import orjson
@@ -316,3 +317,21 @@ def test_the_sinks_stored_record_refuses_what_from_message_refuses():
             Comparison.stored_record(b"r-1", value, "avro/binary")
     with pytest.raises(DecodeError, match="does not match request_id"):
         Comparison.stored_record(b"other", codec.encode_avro("comparison", good), "avro/binary")
+
+
+def test_the_joiners_view_of_a_request_skips_only_the_inputs():
+    from shadowline.envelopes import Request
+
+    req = Request("r-1", "e", 1_790_000_000_000, {"x": [1, 2]}, unit_id="u", arm="a")
+    for value, ctype in ((req.encode(), "avro/binary"), (req.encode_json(), "application/json")):
+        light = Request.without_inputs(req.key, value, ctype)
+        assert light == dataclasses.replace(req, inputs={})
+    rec = req._avro_record() | {"inputs": "{not json"}
+    broken = codec.encode_avro("request", rec)
+    with pytest.raises(ValueDecodeError, match="not valid JSON"):
+        Request.from_message(req.key, broken, "avro/binary")
+    assert Request.without_inputs(req.key, broken, "avro/binary").unit_id == "u"
+    with pytest.raises(KeyDecodeError):
+        Request.without_inputs(b"other", req.encode(), "avro/binary")
+    with pytest.raises(ValueDecodeError, match="plausible"):
+        Request.without_inputs(req.key, codec.encode_avro("request", rec | {"event_time": 3}))
