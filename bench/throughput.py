@@ -356,7 +356,7 @@ def main() -> None:
         "sink": (j_config, ["comparisons"], w_pairs + pairs),
         "pipeline": (p_config, ["requests", "predictions"], 2 * (w + n)),
     }
-    floors = {
+    floors: dict[str, dict[str, float]] = {
         stage: {
             "consume": round(consume_rate(cfg, topics, count, decode=False), 1),
             "consume_and_decode": round(consume_rate(cfg, topics, count, decode=True), 1),
@@ -387,13 +387,13 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for name, st in stages.items():
-        floor = floors[name.split(" ", 1)[0]]
+        fl = floors[name.split(" ", 1)[0]]
         cpu = st["cpu_utilisation"]
         rss = st["peak_rss_mb"]
         rss_text = ", ".join(f"{c} {v}" for c, v in rss.items()) if isinstance(rss, dict) else rss
         md.append(
-            f"| {name} | {st['input_events_per_s']:,.0f} | {floor['consume_and_decode']:,.0f} "
-            f"| {st['ratio_to_decode_floor']} | {floor['consume']:,.0f} "
+            f"| {name} | {st['input_events_per_s']:,.0f} | {fl['consume_and_decode']:,.0f} "
+            f"| {st['ratio_to_decode_floor']} | {fl['consume']:,.0f} "
             f"| {', '.join(f'{c} {v}' for c, v in cpu.items())} "
             f"| {rss_text} |"
         )

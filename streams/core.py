@@ -309,7 +309,8 @@ class JoinerCore:
         part = self._parts.get(rec.partition)
         if part is None:  # fed without an assignment (the Faust engine assigns lazily)
             part = self._parts[rec.partition] = _Partition()
-        key: bytes = rec.key  # type: ignore[assignment]  (checked by from_message)
+        key = rec.key
+        assert key is not None  # from_message checked it equals the request_id
         state = self._load(part, key)
         if state is None:
             state = pairing.new_state(env.request_id, exp, env.event_time, rec.partition, now)

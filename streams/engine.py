@@ -305,6 +305,7 @@ class Joiner:
                     if not usable(msg, kafka.PARTITION_EOF):
                         continue
                     topic, p, offset = msg.topic(), msg.partition(), msg.offset()
+                    assert topic is not None and p is not None and offset is not None
                     records.append(Record(topic, p, offset, msg.key(), msg.value(), msg.headers()))
                     handled[(topic, p)] = offset + 1
                     counts[topic] += 1
