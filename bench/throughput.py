@@ -125,7 +125,7 @@ def topic_count(config: Config, topic: str) -> int:
     return total
 
 
-def _decoder(config: Config, topic: str) -> Any:
+def _decoder(config: Config) -> Any:
     """The project's decoder for a topic's messages (what any stage must pay)."""
     requests = config.kafka.topic("requests")
 
@@ -146,7 +146,7 @@ def consume_rate(config: Config, topics: list[str], expected: int, decode: bool)
     decoding and validating each message with the project's decoder if ``decode``."""
     consumer = kafka.make_consumer(config.kafka, f"bench-floor-{uuid.uuid4().hex[:6]}")
     consumer.subscribe([config.kafka.topic(t) for t in topics])
-    dec = _decoder(config, topics[0])
+    dec = _decoder(config)
     got = 0
     start = None
     while got < expected:

@@ -199,14 +199,19 @@ def _type_name(t: Any) -> Any:
     return t["type"] if isinstance(t, dict) and t["type"] in _READ_PRIMITIVE else t
 
 
+def _null_union(t: list[Any]) -> tuple[int, Any]:
+    """(index of the null branch, the other branch) of a union of null and one type."""
+    branches = [_type_name(x) for x in t]
+    if len(branches) != 2 or "null" not in branches:
+        raise _Unsupported("only unions of null and one type are compiled")
+    i = branches.index("null")
+    return i, t[1 - i]
+
+
 def _write(g: _Gen, t: Any, v: str, depth: int) -> None:
     t = _type_name(t)
     if isinstance(t, list):
-        branches = [_type_name(x) for x in t]
-        if len(branches) != 2 or "null" not in branches:
-            raise _Unsupported("only unions of null and one type are compiled")
-        i = branches.index("null")
-        other = t[1 - i]
+        i, other = _null_union(t)
         g.emit(depth, f"if {v} is None:")
         g.emit(depth + 1, f"out({_SMALL[2 * i]!r})")
         g.emit(depth, "else:")
@@ -256,11 +261,7 @@ def _read(g: _Gen, t: Any, target: str, depth: int) -> None:
     """Emit code that reads one value of ``t`` at ``pos`` into ``target``."""
     t = _type_name(t)
     if isinstance(t, list):
-        branches = [_type_name(x) for x in t]
-        if len(branches) != 2 or "null" not in branches:
-            raise _Unsupported("only unions of null and one type are compiled")
-        i = branches.index("null")
-        other = t[1 - i]
+        i, other = _null_union(t)
         idx = g.var("_i")
         g.emit(depth, f"{idx} = b[pos]")
         g.emit(depth, "pos += 1")

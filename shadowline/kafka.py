@@ -220,17 +220,49 @@ def create_topics(config: Config, timeout: float = 30.0) -> dict[str, str]:
                 config=spec.settings,
             )
         )
-    if new:
-        for name, future in client.create_topics(new, request_timeout=timeout).items():
-            try:
-                future.result(timeout=timeout)
-                result[name] = "created"
-            except KafkaException as exc:
-                if exc.args and exc.args[0].code() == _RdKafkaError.TOPIC_ALREADY_EXISTS:
-                    result[name] = "exists"
-                else:
-                    raise KafkaError(f"cannot create topic {name}: {exc}") from exc
+    result.update(_create(client, new, timeout))
     return result
+
+
+def _create(client: AdminClient, new: list[NewTopic], timeout: float) -> dict[str, str]:
+    """Create ``new`` topics; one another client made meanwhile counts as existing."""
+    result: dict[str, str] = {}
+    if not new:
+        return result
+    for name, future in client.create_topics(new, request_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+            result[name] = "created"
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == _RdKafkaError.TOPIC_ALREADY_EXISTS:
+                result[name] = "exists"
+            else:
+                raise KafkaError(f"cannot create topic {name}: {exc}") from exc
+    return result
+
+
+def ensure_topic(
+    cfg: KafkaConfig, name: str, partitions: int, settings: dict[str, str], remedy: str = "",
+    timeout: float = 30.0,
+) -> str:  # fmt: skip
+    """Create topic ``name`` if it is missing; returns 'created' or 'exists'. An existing
+    topic of another partition count is refused (its keys would be split differently),
+    with ``remedy`` appended to the message."""
+    client = admin(cfg)
+    try:
+        topic = client.list_topics(timeout=timeout).topics.get(name)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot reach Kafka at {cfg.bootstrap_servers}: {exc}") from exc
+    if topic is not None and topic.error is None and topic.partitions:
+        if len(topic.partitions) != partitions:
+            raise KafkaError(
+                f"topic {name} has {len(topic.partitions)} partitions, expected {partitions}"
+                + (f": {remedy}" if remedy else "")
+            )
+        return "exists"
+    new = NewTopic(name, num_partitions=partitions, replication_factor=cfg.replication_factor,
+                   config=settings)  # fmt: skip
+    return _create(client, [new], timeout)[name]
 
 
 def copartitioned(cfg: KafkaConfig, logical: list[str], timeout: float = 30.0) -> int:

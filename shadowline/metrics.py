@@ -62,8 +62,8 @@ class ComponentMetrics:
     def produced(self, destination: str, n: int = 1) -> None:
         self._out.labels(self.component, destination).inc(n)
 
-    def decode_error(self, topic: str) -> None:
-        self._decode.labels(self.component, topic).inc()
+    def decode_error(self, topic: str, n: int = 1) -> None:
+        self._decode.labels(self.component, topic).inc(n)
 
     def dead_lettered(self, n: int = 1) -> None:
         self._dead.labels(self.component).inc(n)

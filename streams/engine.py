@@ -58,50 +58,36 @@ def changelog_topic(config: Config) -> str:
     return f"{config.joiner.app_id}-pending-changelog"
 
 
-def ensure_changelog(config: Config, partitions: int, timeout: float = 30.0) -> str:
+def ensure_changelog(config: Config, partitions: int) -> str:
     """Create the changelog topic if it is missing; refuse one of another size."""
-    from confluent_kafka.admin import NewTopic
-
-    k = config.kafka
     name = changelog_topic(config)
-    client = kafka.admin(k)
-    topic = client.list_topics(timeout=timeout).topics.get(name)
-    if topic is not None and topic.error is None and topic.partitions:
-        if len(topic.partitions) != partitions:
-            raise KafkaError(
-                f"changelog topic {name} has {len(topic.partitions)} partitions, the input "
-                f"topics {partitions}: delete it (its state is lost) or give the joiner "
-                "another joiner.app_id"
-            )
-        return name
-    new = NewTopic(name, num_partitions=partitions, replication_factor=k.replication_factor,
-                   config=CHANGELOG_SETTINGS)  # fmt: skip
-    try:
-        client.create_topics([new], request_timeout=timeout)[name].result(timeout=timeout)
-    except kafka.KafkaException as exc:
-        if "already exists" not in str(exc).lower() and "TOPIC_ALREADY_EXISTS" not in str(exc):
-            raise KafkaError(f"cannot create topic {name}: {exc}") from exc
+    remedy = ("the changelog must match the input topics; delete it (its state is lost) "
+              "or give the joiner another joiner.app_id")  # fmt: skip
+    kafka.ensure_topic(config.kafka, name, partitions, CHANGELOG_SETTINGS, remedy)
     return name
 
 
+def watermarks(consumer: Any, topic: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
+    """(low, high) offsets of each of ``topic``'s ``partitions``, asked of the broker."""
+    return {
+        p: consumer.get_watermark_offsets(kafka.TopicPartition(topic, p), timeout=10.0,
+                                          cached=False)
+        for p in partitions
+    }  # fmt: skip
+
+
 def read_changelog(
-    consumer: Any, topic: str, partitions: list[int], timeout_s: float = RESTORE_TIMEOUT_S
-) -> tuple[dict[int, list[tuple[bytes, bytes | None]]], dict[int, int]]:
-    """Every record of the changelog's ``partitions`` up to their current end, and
-    those ends (the offset after the last record). ``consumer`` is assigned, not
-    subscribed, and reports partition EOF."""
-    entries: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
-    ends: dict[int, int] = {}
-    todo: set[int] = set()
-    for p in partitions:
-        low, high = consumer.get_watermark_offsets(
-            kafka.TopicPartition(topic, p), timeout=10.0, cached=False
-        )
-        ends[p] = high
-        if high > low:
-            todo.add(p)
+    consumer: Any, topic: str, bounds: dict[int, tuple[int, int]],
+    timeout_s: float = RESTORE_TIMEOUT_S,
+) -> dict[int, list[tuple[bytes, bytes | None]]]:  # fmt: skip
+    """Every record of the changelog's partitions up to the high watermarks in
+    ``bounds`` (from ``watermarks``). ``consumer`` is assigned, not subscribed, and
+    reports partition EOF."""
+    entries: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in bounds}
+    ends = {p: high for p, (_, high) in bounds.items()}
+    todo = {p for p, (low, high) in bounds.items() if high > low}
     if not todo:
-        return entries, ends
+        return entries
     consumer.assign([kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in todo])
     deadline = time.monotonic() + timeout_s
     try:
@@ -125,7 +111,7 @@ def read_changelog(
                     todo.discard(p)
     finally:
         consumer.unassign()
-    return entries, ends
+    return entries
 
 
 class Outbox:
@@ -213,23 +199,19 @@ class Joiner:
         assert self.core is not None and self._outbox is not None
         wanted = sorted({tp.partition for tp in partitions})
         changelog = self._outbox.changelog
-        ends: dict[int, int] = {}
-        for p in wanted:
-            _, ends[p] = self._restore_consumer.get_watermark_offsets(
-                kafka.TopicPartition(changelog, p), timeout=10.0, cached=False
-            )
+        bounds = watermarks(self._restore_consumer, changelog, wanted)
+        ends = {p: high for p, (_, high) in bounds.items()}
         kept = {p: s for p, (s, end) in self._standby.items() if p in ends and end == ends[p]}
         self._standby.clear()
         to_read = [p for p in wanted if p not in kept]
         started = time.perf_counter()
-        entries, read_ends = read_changelog(self._restore_consumer, changelog, to_read)
+        entries = read_changelog(self._restore_consumer, changelog, {p: bounds[p] for p in to_read})
         before = self.core.stats.restored
         for p in wanted:
             if p in kept:
                 self.core.assign(p, kept=kept[p])
             else:
                 self.core.assign(p, entries.get(p, ()))
-                ends[p] = read_ends.get(p, ends[p])
             self._outbox.changelog_end[p] = ends[p]
         restored = self.core.stats.restored - before
         self.metrics.restored(restored)
@@ -360,8 +342,7 @@ class Joiner:
         if step.dead:
             m.dead_lettered(len(step.dead))
         for topic, n in step.decode_errors.items():
-            for _ in range(n):
-                m.decode_error(topic)
+            m.decode_error(topic, n)
         if step.misplaced:
             for topic, n in step.misplaced_by_topic().items():
                 m.misplaced(topic, n)

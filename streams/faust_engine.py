@@ -204,6 +204,8 @@ def build_app(config: Config) -> faust.App:
                     await _drain(outbox)
                 metrics.produced(comparisons_name, len(step.rows))
                 metrics.dead_lettered(len(step.dead))
+                for topic, n in step.decode_errors.items():
+                    metrics.decode_error(topic, n)
                 for topic, n in step.misplaced_by_topic().items():
                     metrics.misplaced(topic, n)
                 metrics.batch(time.perf_counter() - started)

@@ -19,7 +19,7 @@ import pytest
 
 from shadowline import broker
 from shadowline.envelopes import Prediction, Request, now_ms
-from shadowline.kafka import make_producer
+from shadowline.kafka import group_members, make_producer
 from shadowline.partitioning import partition_for
 from shadowline.tap import Mirror
 from tests.faults.test_crashes import EXPERIMENT, PROBS, Traffic
@@ -183,12 +183,6 @@ def test_a_second_faust_joiner_is_refused_with_the_reason(config_factory, child_
         assert "joiner.engine = 'confluent'" in log
         pipeline.procs.pop("joiner-2")
         pipeline.check()  # the first one is still running
-        assert len(kafka_members(config)) == 1
+        assert len(group_members(config.kafka, config.joiner.app_id)) == 1
     finally:
         pipeline.stop()
-
-
-def kafka_members(config) -> set[str]:
-    from shadowline.kafka import group_members
-
-    return group_members(config.kafka, config.joiner.app_id)
