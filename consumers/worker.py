@@ -181,6 +181,15 @@ class CandidateRunner:
         self._calls.close()
 
 
+def _load(cfg: CandidateConfig, base: Path | None) -> Model:
+    # A model server's HTTP call ends at the candidate's own timeout (a batch's when
+    # longer), so a hung server frees the call slot; one connection per call slot.
+    timeout_ms = max(cfg.timeout_ms, cfg.batch_timeout_ms or 0.0)
+    return load_model(
+        cfg.model, base, timeout_s=timeout_ms / 1000.0, max_connections=cfg.max_in_flight
+    )
+
+
 class Worker:
     """The worker process: consume requests, run candidates, produce predictions."""
 
@@ -199,11 +208,9 @@ class Worker:
         for exp in config.experiments:
             if exp.name in self.served:
                 continue
-            self.runners[exp.name] = [
-                CandidateRunner(c, load_model(c.model, base)) for c in exp.candidates
-            ]
+            self.runners[exp.name] = [CandidateRunner(c, _load(c, base)) for c in exp.candidates]
             if exp.secondary is not None:
-                model = load_model(exp.secondary.model, base)
+                model = _load(exp.secondary, base)
                 self.runners[exp.name].append(CandidateRunner(exp.secondary, model, "secondary"))
         self._delivery_failed: str | None = None
         # Candidates score a batch side by side, so a slow one delays only itself.

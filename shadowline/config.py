@@ -197,7 +197,9 @@ class CandidateConfig(_Frozen):
     """One candidate model run by the workers on every mirrored request."""
 
     name: str = Field(min_length=1, max_length=128)
-    # module:attr | file:path.joblib | mlflow:<model uri>
+    # module:attr | file:path.joblib | mlflow:<model uri> | a model server:
+    # v2+http://host:port/v2/models/NAME (Open Inference Protocol) or
+    # v1+http://host:port/v1/models/NAME (KServe V1), see shadowline.remote
     model: str = Field(min_length=1)
     timeout_ms: float = Field(1000.0, gt=0)
     batch_size: int = Field(32, ge=1, le=100_000)
@@ -223,10 +225,16 @@ class CandidateConfig(_Frozen):
     def _model_ref(cls, value: str) -> str:
         if value.startswith(("file:", "mlflow:")):
             return value
+        from shadowline.remote import SCHEMES, parse_ref
+
+        if value.startswith(tuple(f"{s}://" for s in SCHEMES)):
+            parse_ref(value)  # its ValueError names what is wrong with the reference
+            return value
         module, sep, attr = value.partition(":")
         if not sep or not module or not attr:
             raise ValueError(
-                "expected 'package.module:attribute', 'file:path.joblib' or 'mlflow:<model uri>'"
+                "expected 'package.module:attribute', 'file:path.joblib', 'mlflow:<model uri>' "
+                "or a model server's 'v2+http://host:port/v2/models/NAME'"
             )
         return value
 

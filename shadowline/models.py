@@ -4,7 +4,9 @@ References:
 - ``package.module:attribute``: a callable taking a list of input dicts and
   returning a list of outputs (a class is instantiated with no arguments first);
 - ``file:path.joblib``: a scikit-learn estimator saved with joblib;
-- ``mlflow:<model uri>``: an MLflow pyfunc model (extra ``shadowline[mlflow]``).
+- ``mlflow:<model uri>``: an MLflow pyfunc model (extra ``shadowline[mlflow]``);
+- ``v2+http://host:port/v2/models/NAME`` or ``v1+http://…/v1/models/NAME``: a model
+  served by KServe, Triton, MLServer or Seldon, called over HTTP (``shadowline.remote``).
 """
 
 from __future__ import annotations
@@ -131,8 +133,17 @@ class MlflowModel:
         return _checked([_plain(v) for v in result], len(inputs), self.name)
 
 
-def load_model(ref: str, base_dir: Path | None = None) -> Model:
-    """Resolve a model reference; raises ``ModelLoadError`` naming what went wrong."""
+def load_model(
+    ref: str, base_dir: Path | None = None, *, timeout_s: float = 1.0, max_connections: int = 16
+) -> Model:
+    """Resolve a model reference; raises ``ModelLoadError`` naming what went wrong.
+
+    ``timeout_s`` and ``max_connections`` apply to model servers (the HTTP call's
+    timeout, so a hung server frees its call slot; the connection pool's size)."""
+    from shadowline.remote import RemoteModel, is_remote
+
+    if is_remote(ref):
+        return RemoteModel(ref, timeout_s=timeout_s, max_connections=max_connections)
     if ref.startswith("mlflow:"):
         return MlflowModel(ref.removeprefix("mlflow:"))
     if ref.startswith("file:"):
