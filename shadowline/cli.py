@@ -332,6 +332,29 @@ def gate_serve(config_path: str, host: str, port: int) -> None:
     )
 
 
+# -- ingest -------------------------------------------------------------------
+
+
+@cli.command("ingest")
+@config_option
+@click.option("--host", default=None, help="Address to bind (default: ingest.host, loopback).")
+@click.option("--port", default=None, type=int, help="Port (default: ingest.port, 8128).")
+def ingest_cmd(config_path: str, host: str | None, port: int | None) -> None:
+    """Take KServe / Seldon payload logs (CloudEvents) as mirrored traffic."""
+    from shadowline.ingest import make_server
+
+    config = _load(config_path)
+    server = make_server(config, host, port)
+    h, p = server.server_address[:2]
+    try:
+        _serve_until_interrupted(
+            server,
+            f"ingest on http://{h}:{p}/ingest/EXPERIMENT (and /, by ce-inferenceservicename)",
+        )
+    finally:
+        server.ingest.close()  # type: ignore[attr-defined]
+
+
 # -- dashboard ----------------------------------------------------------------
 
 

@@ -184,6 +184,20 @@ class JoinerConfig(_Frozen):
     data_dir: str = ".shadowline/joiner"
 
 
+class IngestConfig(_Frozen):
+    """The payload-log ingest endpoint (``shadowline ingest``): KServe and Seldon
+    loggers POST CloudEvents to it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8128, ge=1, le=65535)
+    # How long a request event waits for its response before it is mirrored alone
+    # (then joined as missing_production).
+    pending_s: float = Field(30.0, gt=0, le=3600)
+    # Inferences waiting for their partner event at once; past it events get 503.
+    max_pending: int = Field(100_000, ge=1, le=10_000_000)
+    max_body_bytes: int = Field(4 * 1_048_576, ge=1024, le=256 * 1_048_576)
+
+
 class RedactConfig(_Frozen):
     """Input fields removed or hashed before anything leaves the serving process."""
 
@@ -383,6 +397,10 @@ class ExperimentConfig(_Frozen):
     # within this long after the request; the join happens in the warehouse.
     feedback_window_s: float = Field(7 * 86_400, gt=0, le=366 * 86_400)
     redact: RedactConfig = RedactConfig()
+    # The KServe InferenceService (or Seldon deployment) whose payload logs feed this
+    # experiment: events whose ce-inferenceservicename is this name (default: the
+    # experiment's name) come here when they are POSTed to the ingest's "/".
+    inference_service: str | None = Field(None, min_length=1, max_length=253)
     gates: GateConfig = GateConfig()
     canary: CanaryConfig = CanaryConfig()
     candidates: tuple[CandidateConfig, ...]
@@ -431,6 +449,7 @@ class Config(_Frozen):
     warehouse: WarehouseConfig = WarehouseConfig()
     joiner: JoinerConfig = JoinerConfig()
     metrics: MetricsConfig = MetricsConfig()
+    ingest: IngestConfig = IngestConfig()
     experiments: tuple[ExperimentConfig, ...] = ()
     source: str = Field(default="<defaults>", exclude=True)
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 _BATCH = 512
 _FEEDBACK = object()  # tags feedback items in the send queue
 _PREDICTION = object()  # tags predictions recorded without a request (interleave)
+_REQUEST = object()  # tags requests recorded without production's output (ingest)
 
 
 @dataclass
@@ -232,6 +233,29 @@ class Mirror:
         except Exception as exc:
             return self._reject(exc)
 
+    def record_request(
+        self,
+        *,
+        experiment: str,
+        request_id: str,
+        inputs: dict[str, Any],
+        event_time: int | None = None,
+        unit_id: str | None = None,
+    ) -> bool:
+        """Mirror a request whose production output never came (the payload-log ingest:
+        a request event without its response); the join then records it as
+        ``missing_production``. Like ``record``: never raises, never blocks."""
+        try:
+            exp = self._admit(experiment, request_id)
+            if exp is None:
+                return False
+            self._queue.append((_REQUEST, exp, request_id, dict(inputs), event_time or now_ms(),
+                                unit_id))  # fmt: skip
+            self.counters.recorded += 1
+            return True
+        except Exception as exc:
+            return self._reject(exc)
+
     # -- background side -------------------------------------------------
 
     def _make_producer(self) -> Any:
@@ -273,6 +297,9 @@ class Mirror:
         if item[0] is _PREDICTION:
             self._send_prediction(item)
             return
+        if item[0] is _REQUEST:
+            self._send_request(item)
+            return
         (exp, request_id, inputs, output, latency_ms, model, unit_id, error, event_time, arm,
          arm_weight) = item  # fmt: skip
         try:
@@ -306,6 +333,20 @@ class Mirror:
             return
         self._produce(self._requests_topic, key, req_bytes)
         self._produce(self._predictions_topic, key, pred_bytes)
+
+    def _send_request(self, item: tuple[Any, ...]) -> None:
+        _, exp, request_id, inputs, event_time, unit_id = item
+        try:
+            req = Request(
+                request_id=request_id, experiment=exp.name, event_time=event_time,
+                inputs=redact(inputs, exp.redact), unit_id=unit_id,
+            )  # fmt: skip
+            value = req.encode()
+        except Exception as exc:
+            self.counters.rejected += 1
+            self.counters.last_error = describe(exc)
+            return
+        self._produce(self._requests_topic, request_id.encode(), value)
 
     def _send_prediction(self, item: tuple[Any, ...]) -> None:
         _, experiment, request_id, role, model, output, latency_ms, error, event_time = item
