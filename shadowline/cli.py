@@ -345,7 +345,7 @@ def ingest_cmd(config_path: str, host: str | None, port: int | None) -> None:
 
     config = _load(config_path)
     server = make_server(config, host, port)
-    h, p = server.server_address[:2]
+    h, p = str(server.server_address[0]), int(server.server_address[1])
     try:
         _serve_until_interrupted(
             server,
