@@ -355,6 +355,18 @@ def ingest_cmd(config_path: str, host: str | None, port: int | None) -> None:
         server.ingest.close()  # type: ignore[attr-defined]
 
 
+@cli.command("proxy")
+@config_option
+@click.option("--experiment", "-e", required=True, help="The experiment whose upstream to proxy.")
+@click.option("--host", default=None, help="Address to bind (default: proxy.host, loopback).")
+@click.option("--port", default=None, type=int, help="Port (default: proxy.port, 8129).")
+def proxy_cmd(config_path: str, experiment: str, host: str | None, port: int | None) -> None:
+    """Forward HTTP to production's endpoint and mirror each request and answer."""
+    from shadowline import proxy
+
+    proxy.run(_load(config_path), experiment, host, port)
+
+
 # -- dashboard ----------------------------------------------------------------
 
 

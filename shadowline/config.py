@@ -198,6 +198,48 @@ class IngestConfig(_Frozen):
     max_body_bytes: int = Field(4 * 1_048_576, ge=1024, le=256 * 1_048_576)
 
 
+class ProxyServerConfig(_Frozen):
+    """The mirroring proxy's own side (``shadowline proxy``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8129, ge=1, le=65535)
+    # Connections kept open to the upstream at most (a pool shared by all requests).
+    max_connections: int = Field(1000, ge=1, le=100_000)
+    # Largest request body forwarded (413 beyond it); answers are streamed, any size.
+    max_body_bytes: int = Field(64 * 1_048_576, ge=1024)
+    # Bodies (request or answer) larger than this are forwarded but not mirrored.
+    max_mirror_bytes: int = Field(1_048_576, ge=1024)
+
+
+class ProxyConfig(_Frozen):
+    """How the proxy forwards and mirrors one experiment (``[experiments.proxy]``)."""
+
+    # Production's endpoint: scheme, host and port (and a path prefix, if any).
+    upstream: str = Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    # Path prefixes that are mirrored; other paths (health checks, metadata) are only
+    # forwarded.
+    routes: tuple[str, ...] = ("/",)
+    # Where the request ID is; a request without one gets a generated ID, added to
+    # the forwarded request.
+    request_id_header: str = Field("X-Request-Id", min_length=1, max_length=100)
+    # The header holding the unit (user, session) ID, if any.
+    unit_id_header: str | None = Field(None, min_length=1, max_length=100)
+    # Dotted paths into the JSON bodies ("instances.0"); none: the whole body.
+    inputs_path: str | None = None
+    outputs_path: str | None = None
+    # An upstream that has not answered completely after this long gets a 504.
+    timeout_s: float = Field(30.0, gt=0, le=3600)
+    # Forward the client's Host header (else the upstream's host is used).
+    preserve_host: bool = False
+
+    @field_validator("routes")
+    @classmethod
+    def _absolute_routes(cls, routes: tuple[str, ...]) -> tuple[str, ...]:
+        if not routes or any(not r.startswith("/") for r in routes):
+            raise ValueError(f"routes are path prefixes starting with '/', got {list(routes)}")
+        return routes
+
+
 class RedactConfig(_Frozen):
     """Input fields removed or hashed before anything leaves the serving process."""
 
@@ -401,6 +443,8 @@ class ExperimentConfig(_Frozen):
     # experiment: events whose ce-inferenceservicename is this name (default: the
     # experiment's name) come here when they are POSTed to the ingest's "/".
     inference_service: str | None = Field(None, min_length=1, max_length=253)
+    # `shadowline proxy --experiment NAME` forwards to and mirrors this endpoint.
+    proxy: ProxyConfig | None = None
     gates: GateConfig = GateConfig()
     canary: CanaryConfig = CanaryConfig()
     candidates: tuple[CandidateConfig, ...]
@@ -450,6 +494,7 @@ class Config(_Frozen):
     joiner: JoinerConfig = JoinerConfig()
     metrics: MetricsConfig = MetricsConfig()
     ingest: IngestConfig = IngestConfig()
+    proxy: ProxyServerConfig = ProxyServerConfig()
     experiments: tuple[ExperimentConfig, ...] = ()
     source: str = Field(default="<defaults>", exclude=True)
 
