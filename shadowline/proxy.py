@@ -16,13 +16,15 @@ without one gets a generated ID, added to the forwarded request so the upstream'
 own logs carry it. Inputs and outputs are whole JSON bodies, or the value at a
 dotted path (``inputs_path = "instances.0"``).
 
-Built on aiohttp (server and pooled client on one event loop).
+Built on aiohttp (server and pooled client on one event loop), on uvloop when it is
+installed (``pip install 'shadowline[proxy]'``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -268,5 +270,15 @@ def run(config: Config, experiment: str, host: str | None = None, port: int | No
     h = host or config.proxy.host
     p = config.proxy.port if port is None else port
     print(f"proxy on http://{h}:{p}/ -> {proxy.upstream} (experiment {experiment})", flush=True)
+    # The tap's sender thread shares the interpreter with the event loop: a short switch
+    # interval keeps it from holding a request up to 5 ms (Python's default).
+    sys.setswitchinterval(0.0002)
+    loop = None
+    try:  # libuv's loop: about half the added latency of asyncio's (bench/proxy_overhead.py)
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        pass
     web.run_app(make_app(proxy), host=h, port=p, print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=5)  # fmt: skip
+                handle_signals=True, shutdown_timeout=5, loop=loop)  # fmt: skip
