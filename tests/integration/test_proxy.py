@@ -231,6 +231,13 @@ def test_upstream_failures_slowness_and_kafka_down(upstream, tmp_path):
         status, _, body = call(port, "POST", "/slow", b"{}")
         assert status == 504 and b"timed out" in body and time.monotonic() - started < 2.9
         assert call(port, "POST", "/x", b"x" * 2_100_000)[0] == 413
+        for trick in ("/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "//etc/passwd"):
+            status, _, body = call(port, "GET", trick)
+            assert status == 200 and b"root:" not in body, (trick, body[:200])
+            assert orjson.loads(body)["path"].endswith("etc/passwd")  # the upstream's answer
+        many = {f"X-H{i}": "v" for i in range(200)}
+        assert call(port, "GET", "/status/200", headers=many)[0] in (200, 400, 431)
+        assert call(port, "GET", "/status/200", headers={"X-Big": "v" * 20_000})[0] in (400, 431)
         assert call(port, "GET", "/-/shadowline/healthz")[0] == 200
         metrics = call(port, "GET", "/-/shadowline/metrics")[2].decode()
     finally:
