@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -173,6 +174,21 @@ def wait_ports_free(host: str, ports: tuple[int, ...], timeout: float) -> list[i
         time.sleep(0.1)
 
 
+def listening(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts connections on ``host:port``.
+
+    A client connecting to a loopback port nobody listens on can be given that very
+    port as its own source port (it is inside Linux's ephemeral range) and connect to
+    itself; the socket then holds the port and the broker starting a moment later
+    cannot bind it. So nothing pings the broker before this says it listens, and a
+    connection that reached itself is closed at once and counts as nobody."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            return bool(s.getsockname()[:2] != s.getpeername()[:2])
+    except OSError:
+        return False
+
+
 def _check_ports_free(b: LocalBroker) -> None:
     # A broker stopped a moment ago may still be closing its listeners (its command
     # line is gone before its sockets are): give it a few seconds, then name the port.
@@ -193,7 +209,12 @@ def up(
 
     ``extra_properties`` are broker settings over the defaults (the TLS tests give the
     broker an SSL listener that asks for client certificates)."""
-    if ping(config.kafka, timeout=1.0):
+    if _is_loopback(config):
+        local = LocalBroker.from_config(config)
+        answering = listening(local.host, local.port) and ping(config.kafka, timeout=1.0)
+    else:
+        answering = ping(config.kafka, timeout=1.0)
+    if answering:
         return f"kafka already answering at {config.kafka.bootstrap_servers}"
     b = LocalBroker.from_config(config)
     java = _need("java", "a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)")
@@ -225,7 +246,7 @@ def up(
             raise BrokerError(
                 f"Kafka exited with code {proc.returncode}; see {b.data_dir / 'broker.out'}"
             )
-        if ping(config.kafka, timeout=1.0):
+        if listening(b.host, b.port) and ping(config.kafka, timeout=1.0):
             return (
                 f"kafka up at {config.kafka.bootstrap_servers} (pid {proc.pid}, data {b.data_dir})"
             )
