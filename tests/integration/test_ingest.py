@@ -212,7 +212,7 @@ def test_the_endpoint_refuses_hostile_http_and_stays_up(endpoint):
         assert conn.getresponse().status == 405
         conn.close()
     answer = raw(port, b"POST /ingest/iris HTTP/1.1\r\nHost: attacker.example\r\n"
-                       b"Content-Length: 2\r\n\r\n{}")  # fmt: skip
+                       b"Connection: close\r\nContent-Length: 2\r\n\r\n{}")  # fmt: skip
     assert answer.startswith(b"HTTP/1.1 403 ") and b"is not this loopback server" in answer
     for length, status in (("abc", 400), ("-1", 400), ("99999999999", 413)):
         answer = raw(port, f"POST /ingest/iris HTTP/1.1\r\nHost: 127.0.0.1\r\n"
