@@ -63,6 +63,8 @@ def read_long(b: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         z |= (c & 0x7F) << shift
         if c < 0x80:
+            # a 10th byte can carry bits past 64; Avro's readers (fastavro, Java) wrap them
+            z &= 0xFFFF_FFFF_FFFF_FFFF
             return (z >> 1) ^ -(z & 1), pos
         shift += 7
         if shift > 63:
