@@ -183,7 +183,7 @@ model = "tests.fixtures.models:EchoModel"
             proc.wait(15)
         shutil.rmtree(work, ignore_errors=True)
     counters = {
-        line.split()[0].removeprefix("shadowline_proxy_"): int(line.split()[1])
+        line.split()[0].removeprefix("shadowline_proxy_"): int(float(line.split()[1]))
         for line in metrics.splitlines() if line and not line.startswith("#")
     }  # fmt: skip
     if args.json:

@@ -154,9 +154,7 @@ class Ingest:
         self.settings = config.ingest
         self.mirror = mirror if mirror is not None else Mirror(config)
         self.counters = IngestCounters()
-        self._by_name: dict[str, ExperimentConfig] = {}
-        for exp in config.experiments:
-            self._by_name[exp.name] = exp
+        self._by_name = {e.name: e for e in config.experiments}
         self._by_service = {
             e.inference_service: e for e in config.experiments if e.inference_service
         }
@@ -289,25 +287,20 @@ class Ingest:
         self.mirror.close()
 
 
-def _metrics_text(ingest: Ingest) -> bytes:
-    lines = []
-    for name, value in ingest.counters.snapshot().items():
-        metric = f"shadowline_ingest_{name}_total"
-        lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
-    gauge = "shadowline_ingest_pending"
-    lines += [f"# TYPE {gauge} gauge", f"{gauge} {ingest.pending()}"]
-    for name, value in ingest.mirror.counters.snapshot().items():
-        if isinstance(value, int):
-            metric = f"shadowline_ingest_tap_{name}_total"
-            lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
-    return ("\n".join(lines) + "\n").encode()
-
-
 def make_server(config: Config, host: str | None = None, port: int | None = None,
                 ingest: Ingest | None = None) -> BoundedServer:  # fmt: skip
     """The ingest endpoint (``shadowline ingest``), loopback by default."""
+    from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+
+    from shadowline.metrics import counters_registry
+
     settings = config.ingest
     service = ingest if ingest is not None else Ingest(config)
+    registry = counters_registry(
+        ("shadowline_ingest", "ingest", service), ("shadowline_ingest_tap", "tap", service.mirror)
+    )
+    Gauge("shadowline_ingest_pending", "Inferences waiting for their partner event.",
+          registry=registry).set_function(service.pending)  # fmt: skip
 
     class Handler(HardenedHandler):
         methods = ("GET", "HEAD", "POST")
@@ -327,7 +320,7 @@ def make_server(config: Config, host: str | None = None, port: int | None = None
                 if parts == ["healthz"]:
                     self._send(200, {"status": "ok", "pending": service.pending()})
                 elif parts == ["metrics"]:
-                    self.answer(200, _metrics_text(service), "text/plain; version=0.0.4")
+                    self.answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 else:
                     raise Refused(404, 0, "GET /healthz or /metrics; events are POSTed")
                 return

@@ -167,6 +167,15 @@ def register_interleave(interleave: Any, registry: CollectorRegistry | None = No
     return collector
 
 
+def counters_registry(*sources: tuple[str, str, Any]) -> CollectorRegistry:
+    """A registry exporting each ``(prefix, what, source)``'s ``source.counters`` as
+    ``<prefix>_<name>_total`` (the ingest's and the proxy's ``/metrics``)."""
+    registry = CollectorRegistry()
+    for prefix, what, source in sources:
+        registry.register(_CountersCollector(prefix, what, source))
+    return registry
+
+
 def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> Any:
     """``/metrics`` on the shared hardened server (Prometheus' text format)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -30,7 +30,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
+from aiohttp import web
 
 from shadowline.config import Config, ExperimentConfig, ProxyConfig, ProxyServerConfig
 from shadowline.errors import ConfigError, describe
@@ -57,9 +59,6 @@ class ProxyCounters:
     upstream_errors: int = 0  # 5xx answers
     upstream_timeouts: int = 0
     upstream_unreachable: int = 0
-
-    def snapshot(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 def at_path(value: Any, path: str | None) -> Any:
@@ -99,10 +98,10 @@ class Proxy:
         self.upstream = self.settings.upstream.rstrip("/")
         self._session: Any = None
         self._id_header = self.settings.request_id_header
+        # "/v1/models" mirrors itself and what is under it, "/" everything
+        self._routes = tuple(r.rstrip("/") for r in self.settings.routes)
 
     async def start(self) -> None:
-        import aiohttp
-
         connector = aiohttp.TCPConnector(
             limit=self.server.max_connections, ttl_dns_cache=300, keepalive_timeout=30
         )
@@ -117,14 +116,10 @@ class Proxy:
             await self._session.close()
 
     def _mirrored(self, path: str) -> bool:
-        return any(path == r or path.startswith(r.rstrip("/") + "/") or r == "/"
-                   for r in self.settings.routes)  # fmt: skip
+        return any(not r or path == r or path.startswith(r + "/") for r in self._routes)
 
     async def handle(self, request: Any) -> Any:
         """Forward one request; stream the answer back; mirror it once complete."""
-        import aiohttp
-        from aiohttp import web
-
         self.counters.forwarded += 1
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP
                    and k.lower() != "host"]  # fmt: skip
@@ -181,8 +176,8 @@ class Proxy:
         if status >= 500:
             self.counters.upstream_errors += 1
             error = f"HTTP {status} from upstream"
-        if overflow or len(body) > limit:
-            self.counters.not_mirrored_size += int(mirror)
+        if overflow and mirror:
+            self.counters.not_mirrored_size += 1
             mirror = False
         self._record(mirror, request_id, body, bytes(kept), latency, error, request, status)
         return answer
@@ -192,6 +187,9 @@ class Proxy:
         error: str | None, request: Any, status: int | None = None,
     ) -> None:  # fmt: skip
         if not mirror:
+            return
+        if len(body) > self.server.max_mirror_bytes:
+            self.counters.not_mirrored_size += 1
             return
         try:
             inputs = at_path(_json(body), self.settings.inputs_path)
@@ -224,26 +222,21 @@ class Proxy:
             self.counters.not_mirrored_tap += 1
 
 
-def _metrics(proxy: Proxy) -> bytes:
-    lines = []
-    for name, value in proxy.counters.snapshot().items():
-        lines += [f"# TYPE shadowline_proxy_{name}_total counter",
-                  f"shadowline_proxy_{name}_total {value}"]  # fmt: skip
-    for name, value in proxy.mirror.counters.snapshot().items():
-        if isinstance(value, int):
-            lines += [f"# TYPE shadowline_proxy_tap_{name}_total counter",
-                      f"shadowline_proxy_tap_{name}_total {value}"]  # fmt: skip
-    return ("\n".join(lines) + "\n").encode()
-
-
 def make_app(proxy: Proxy) -> Any:
     """The aiohttp application: ``/-/shadowline/metrics`` and ``/-/shadowline/healthz``
     are the proxy's own; every other path is forwarded."""
-    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from shadowline.metrics import counters_registry
+
+    registry = counters_registry(
+        ("shadowline_proxy", "proxy", proxy), ("shadowline_proxy_tap", "tap", proxy.mirror)
+    )
 
     async def own(request: web.Request) -> web.Response:
         if request.match_info["what"] == "metrics":
-            return web.Response(body=_metrics(proxy), content_type="text/plain")
+            return web.Response(body=generate_latest(registry),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
         return web.json_response({"status": "ok", "upstream": proxy.upstream})
 
     app = web.Application(client_max_size=proxy.server.max_body_bytes)
@@ -264,8 +257,6 @@ def make_app(proxy: Proxy) -> Any:
 
 def run(config: Config, experiment: str, host: str | None = None, port: int | None = None) -> None:
     """Serve until interrupted (``shadowline proxy``)."""
-    from aiohttp import web
-
     proxy = Proxy(config, experiment)
     h = host or config.proxy.host
     p = config.proxy.port if port is None else port

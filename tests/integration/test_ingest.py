@@ -5,7 +5,6 @@ stored; hostile input gets an answer with its reason."""
 from __future__ import annotations
 
 import http.client
-import socket
 import uuid
 from typing import Any
 
@@ -16,6 +15,7 @@ from shadowline import ingest
 from shadowline.config import parse_config
 from tests.conftest import free_port
 from tests.integration.helpers import rows, start_pipeline, wait_for
+from tests.integration.test_http_surfaces import raw
 
 pytestmark = pytest.mark.integration
 
@@ -136,15 +136,6 @@ def endpoint(tmp_path_factory):
     server = ingest.serve(config)
     yield server.server_address[1], server
     server.shutdown()
-
-
-def raw(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(data)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out
 
 
 HEADERS = {"Content-Type": "application/json", "Ce-Id": "a", "Ce-Type": REQ}
