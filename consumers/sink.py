@@ -82,11 +82,15 @@ class Sink:
         self._interleaved = {
             e.name for e in config.experiments if e.mode == "interleave" and e.output == "ranking"
         }
-        # Requests are stored only where feature drift is gated: they double the rows.
+        # Requests are stored only where asked (store_requests) or feature drift is
+        # gated: they double the rows.
         self.metrics = ComponentMetrics("sink")
-        self._keep_requests = {
-            e.name for e in config.experiments if e.gates.max_feature_psi is not None
-        }
+        self._keep_requests = {e.name for e in config.experiments if e.stores_requests}
+        # With the requests, production's answers (into `served`): a backtest replays both.
+        self._keep_production = {
+            e.name: e.production_model for e in config.experiments
+            if e.stores_requests and e.mode not in SERVED_MODES
+        }  # fmt: skip
         self._offsets: dict[tuple[str, int], int] = {}
         self._oldest: float | None = None
         self.warehouse: Warehouse | None = None
@@ -195,6 +199,8 @@ class Sink:
         pred = Prediction.from_message(msg.key(), msg.value(), ctype)
         if pred.role == "arm" and pred.experiment in self._served:
             self.add_row("served", served_row(pred), msg)
+        elif pred.role == "production" and pred.experiment in self._keep_production:
+            self.add_row("served", served_row(pred), msg)
         elif pred.role == "interleaved" and pred.experiment in self._interleaved:
             try:
                 row = interleaved_row(pred)
@@ -223,7 +229,7 @@ class Sink:
         producer = kafka.make_producer(k)
         dlq = DeadLetters(producer, k.topic("deadletter"), "sink")
         topics = [k.topic("comparisons"), k.topic("control"), k.topic("feedback")]
-        if self._served or self._interleaved:
+        if self._served or self._interleaved or self._keep_production:
             topics.append(k.topic("predictions"))
         if self._keep_requests:
             topics.append(k.topic("requests"))

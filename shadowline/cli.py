@@ -318,6 +318,58 @@ def gate_check(
     sys.exit(report.exit_code)
 
 
+# -- backtest -----------------------------------------------------------------
+
+
+@cli.command("backtest")
+@config_option
+@click.argument("experiment")
+@click.option(
+    "--candidate", "candidate", required=True, metavar="NAME[=MODEL]",
+    help="The candidate: NAME=MODEL (any model reference a config takes), or a "
+    "configured candidate's NAME.",
+)  # fmt: skip
+@click.option("--since", default=None, help="Start of the range (ISO 8601 or epoch ms; the log's).")
+@click.option("--until", default=None, help="End of the range (ISO 8601 or epoch ms; now).")
+@click.option(
+    "--source", default="auto", show_default=True,
+    type=click.Choice(["auto", "kafka", "warehouse"]),
+    help="Where the requests come from: auto reads Kafka's retained log, or the "
+    "warehouse when retention deleted part of the range and the experiment stores them.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as one JSON object.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress on stderr (default: on a terminal)."
+)
+def backtest_cmd(
+    config_path: str, experiment: str, candidate: str, since: str | None, until: str | None,
+    source: str, as_json: bool, progress: bool | None,
+) -> None:  # fmt: skip
+    """Judge a candidate on an experiment's mirrored traffic: exit 0 pass, 1 fail,
+    2 inconclusive, 3 error (as gate check)."""
+    import orjson
+
+    from shadowline import backtest, gates
+
+    try:
+        result = backtest.run(
+            _load(config_path), experiment, candidate,
+            since=gates.parse_time(since) if since else None,
+            until=gates.parse_time(until) if until else None,
+            source=source, progress=progress,
+        )  # fmt: skip
+    except ShadowlineError as exc:
+        if as_json:
+            click.echo(orjson.dumps({"verdict": "error", "error": str(exc)}).decode())
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(gates.EXIT_ERROR)
+    if as_json:
+        click.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(backtest.format_result(result))
+    sys.exit(result.exit_code)
+
+
 @gate.command("serve")
 @config_option
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -509,7 +561,9 @@ def main() -> None:
     """Entry point: run the CLI, turning shadowline errors into one-line messages."""
     # Pipelines read these commands' exit codes as verdicts (0 pass/complete, 1 fail/
     # rolled back, 2 inconclusive): any error must exit 3 so it cannot pass for one.
-    verdicts = sys.argv[1:3] in (["gate", "check"], ["canary", "run"])
+    verdicts = sys.argv[1:3] in (["gate", "check"], ["canary", "run"]) or sys.argv[1:2] == [
+        "backtest"
+    ]
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -445,6 +445,11 @@ class ExperimentConfig(_Frozen):
     inference_service: str | None = Field(None, min_length=1, max_length=253)
     # `shadowline proxy --experiment NAME` forwards to and mirrors this endpoint.
     proxy: ProxyConfig | None = None
+    # Keep the mirrored requests (inputs) and production's answers in the warehouse
+    # (tables `requests` and `served`), so `shadowline backtest` can replay any stored
+    # range, past Kafka's retention. Off: backtests read Kafka's retained log only.
+    # Always on for an experiment whose gates watch feature drift (max_feature_psi).
+    store_requests: bool = False
     gates: GateConfig = GateConfig()
     canary: CanaryConfig = CanaryConfig()
     candidates: tuple[CandidateConfig, ...]
@@ -453,6 +458,10 @@ class ExperimentConfig(_Frozen):
     def _unique_candidates(self) -> ExperimentConfig:
         if not self.candidates:
             raise ValueError("candidates: at least one [[experiments.candidates]] is needed")
+        if "@backtest:" in self.name:
+            raise ValueError(
+                f"name {self.name!r}: '@backtest:' is reserved for backtest runs' rows"
+            )
         names = [c.name for c in self.candidates]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -473,6 +482,11 @@ class ExperimentConfig(_Frozen):
                 raise ValueError(f"secondary: mode {self.mode!r} serves one model per request, "
                                  "so there is no production output to repeat")  # fmt: skip
         return self
+
+    @property
+    def stores_requests(self) -> bool:
+        """Whether the sink keeps this experiment's requests and production's answers."""
+        return self.store_requests or self.gates.max_feature_psi is not None
 
     def compared_models(self) -> tuple[str, ...]:
         """Every model compared with production: the candidates, then the secondary."""

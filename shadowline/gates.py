@@ -97,6 +97,8 @@ class GateReport:
     until: datetime
     verdict: stats.Outcome
     candidates: list[CandidateVerdict]
+    # Backtest runs of the experiment, each with its own verdict (never part of this one).
+    backtests: list[dict[str, Any]] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -107,6 +109,8 @@ class GateReport:
         out = asdict(self)
         out["since"] = self.since.isoformat()
         out["until"] = self.until.isoformat()
+        if self.backtests is None:
+            del out["backtests"]
         return _json_safe(out)
 
 
@@ -152,8 +156,12 @@ def evaluate(
     since: datetime | None = None,
     until: datetime | None = None,
     production_range: tuple[datetime, datetime] | None = None,
+    labels_from: str | None = None,
 ) -> GateReport:
     """Judge ``experiment`` (every candidate, or ``candidate``) over a time range.
+
+    ``labels_from``: the experiment whose feedback labels the rows (a backtest's rows
+    are judged on the labels of the live experiment it replays).
 
     A/B and canary: the arms are compared over the same range, except that
     ``production_range`` (a canary's 100 % step, where production serves nothing)
@@ -192,7 +200,11 @@ def evaluate(
     if gates.max_accuracy_drop is not None:
         rows = warehouse.query(
             named_query("feedback_figures", db),
-            params | {"feedback_window_s": int(experiment.feedback_window_s)},
+            params
+            | {
+                "feedback_window_s": int(experiment.feedback_window_s),
+                "labels_experiment": labels_from or experiment.name,
+            },
         )
         labels = {r["candidate_model"]: r for r in rows}
     duels = _interleave_outcomes(warehouse, experiment, params)
@@ -412,11 +424,24 @@ def check(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> GateReport:
-    """Open the configured warehouse and evaluate (``shadowline gate check``)."""
-    exp = config.require_experiment(experiment, GateError)
+    """Open the configured warehouse and evaluate (``shadowline gate check``).
+
+    ``EXPERIMENT@backtest:RUN`` judges a stored backtest run; a live experiment's
+    verdict lists its backtest runs beside it (``backtests``)."""
+    from shadowline import backtest
+
+    parts = backtest.split_name(experiment)
+    exp = config.require_experiment(parts[0] if parts else experiment, GateError)
     warehouse = Warehouse.open_reader(config)
     try:
-        return evaluate(warehouse, exp, candidate, window_s, since, until)
+        if parts:
+            stored = backtest.stored_experiment(warehouse, exp, experiment)
+            return evaluate(warehouse, stored, candidate, window_s, since, until,
+                            labels_from=exp.name)  # fmt: skip
+        report = evaluate(warehouse, exp, candidate, window_s, since, until)
+        runs = backtest.judge_stored(warehouse, exp)
+        report.backtests = runs or None
+        return report
     finally:
         warehouse.close()
 
@@ -434,6 +459,14 @@ def format_report(report: GateReport) -> str:
             lines.append(
                 f"    {r.outcome:<12} {r.rule:<28} observed {observed:<12} "
                 f"limit {r.threshold:<10.6g} {r.detail}"
+            )
+    if report.backtests:
+        lines.append("  backtests (each judged on its own rows, not part of this verdict):")
+        for b in report.backtests:
+            why = f": {'; '.join(b['failing'])}" if b["failing"] else ""
+            lines.append(
+                f"    {b['verdict'].upper():<12} {b['stored_as']} candidate {b['candidate']} "
+                f"({b['rows']} rows, {b['first_event']} .. {b['last_event']}){why}"
             )
     return "\n".join(lines)
 

@@ -3,7 +3,9 @@
 -- feedback window after the request. Both models answered the same requests, so the
 -- accuracy difference is paired.
 -- Parameters: {experiment:String}, {candidate:String} ('' = every candidate),
---   {since:DateTime64(3)}, {until:DateTime64(3)}, {feedback_window_s:UInt32}
+--   {since:DateTime64(3)}, {until:DateTime64(3)}, {feedback_window_s:UInt32},
+--   {labels_experiment:String} (whose labels: the experiment itself, or for a backtest's
+--   rows the live experiment it replayed)
 WITH
     judged AS (
         SELECT
@@ -19,7 +21,7 @@ WITH
         FROM {db}.comparisons_final AS c
         INNER JOIN (
             SELECT * FROM {db}.feedback FINAL
-            WHERE experiment = {experiment:String} AND kind = 'label'
+            WHERE experiment = {labels_experiment:String} AND kind = 'label'
         ) AS f ON c.request_id = f.request_id
         WHERE c.experiment = {experiment:String}
           AND ({candidate:String} = '' OR c.candidate_model = {candidate:String})
