@@ -365,6 +365,7 @@ def backtest_cmd(
         sys.exit(gates.EXIT_ERROR)
     if as_json:
         click.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        click.echo(f"backtest {result.run}: {backtest.timing(result)}", err=True)
     else:
         click.echo(backtest.format_result(result))
     sys.exit(result.exit_code)

@@ -206,6 +206,39 @@ def decode_avro(kind: str, value: bytes) -> dict[str, Any]:
     return record  # type: ignore[return-value]
 
 
+_ROLES = ("production", "candidate", "secondary", "arm", "interleaved")
+
+
+def peek_prediction(value: bytes, content_type: str | None) -> tuple[str, str] | None:
+    """``(experiment, role)`` of an Avro prediction in today's schema, read from its first
+    fields without decoding the rest (a replay skips other experiments' and candidates'
+    predictions this way). None when it cannot be read so: decode it in full, which
+    also reports whatever is wrong with it."""
+    if content_type not in (None, AVRO) or value[:10] != schema("prediction").header:
+        return None
+    try:
+        _, pos = avrogen._read_string(value, 10)
+        experiment, pos = avrogen._read_string(value, pos)
+        role, _ = avrogen.read_long(value, pos)
+    except (avrogen.AvroError, IndexError, UnicodeDecodeError):
+        return None
+    if not 0 <= role < len(_ROLES):
+        return None
+    return experiment, _ROLES[role]
+
+
+def peek_request(value: bytes, content_type: str | None) -> str | None:
+    """The experiment of an Avro request in today's schema, from its first fields; None
+    when it cannot be read so (decode it in full)."""
+    if content_type not in (None, AVRO) or value[:10] != schema("request").header:
+        return None
+    try:
+        _, pos = avrogen._read_string(value, 10)
+        return avrogen._read_string(value, pos)[0]
+    except (avrogen.AvroError, IndexError, UnicodeDecodeError):
+        return None
+
+
 def decode_json(value: bytes) -> dict[str, Any]:
     """Parse a JSON object; anything else is a decode error."""
     try:

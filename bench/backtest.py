@@ -1,0 +1,261 @@
+"""Benchmark: `shadowline backtest` over a range of mirrored requests, beside the live
+worker scoring the same requests with the same model, in one run on one machine.
+
+    .venv/bin/python bench/backtest.py [--requests 1000000] [--small 100000]
+        [--bootstrap 127.0.0.1:39092]
+
+Rates are of reading, scoring and storing (what the backtest prints on stderr; start-up
+and the verdict's queries apart, reported as `seconds_in_all`), the worker's of its
+steady state. The requests and production's answers are produced to Kafka first (as the tap would
+have); the live worker then scores them (its rate per CPU-second of its process);
+then `shadowline backtest` replays the range from Kafka's log into the embedded
+warehouse, and again over the first ``--small`` requests, so memory for a range ten
+times larger sits beside it. Memory is sampled every 0.5 s (RSS) and its peak (VmHWM)
+read at the end. Writes bench/results/backtest.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from shadowline import kafka
+from shadowline.config import Config, load_config
+from shadowline.envelopes import Prediction, Request, now_ms
+from shadowline.supervisor import Pipeline
+
+OUT = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+PROBS = {"0": 0.3, "1": 0.7}
+MODEL = "tests.fixtures.models:EchoModel"
+
+
+def make_config(tmp: Path, bootstrap: str) -> tuple[Config, Path]:
+    ns = f"bench{uuid.uuid4().hex[:8]}."
+    data = {
+        "kafka": {"bootstrap_servers": bootstrap, "namespace": ns, "partitions": 3},
+        "warehouse": {"path": str(tmp / "wh"), "port": 18000 + os.getpid() % 1000},
+        "experiments": [
+            {
+                "name": "bench",
+                "production_model": "prod",
+                "window_s": 10,
+                "candidates": [{"name": "echo", "model": MODEL, "batch_size": 256}],
+            }
+        ],
+    }
+    path = tmp / "shadowline.toml"
+    path.write_text(tomli_w.dumps(data))
+    config = load_config(path)
+    kafka.create_topics(config)
+    return config, path
+
+
+def produce_traffic(config: Config, n: int, small: int) -> tuple[float, int]:
+    """Requests and production's answers stamped as they are produced (as the tap
+    stamps them); returns the seconds it took and the event time the small range ends."""
+    producer = kafka.make_producer(config.kafka, **{"queue.buffering.max.messages": 1_000_000})
+    req_t, pred_t = config.kafka.topic("requests"), config.kafka.topic("predictions")
+    headers: list[tuple[str, str | bytes | None]] = [("content-type", b"avro/binary")]
+    started = time.perf_counter()
+    t = small_end = now_ms()
+    for i in range(n):
+        rid = f"b-{i:08d}"
+        if i % 1000 == 0:
+            t = now_ms()
+        if i == small:
+            small_end = t
+        inputs = {"n": i, "label": i % 2, "probabilities": PROBS}
+        key = rid.encode()
+        for topic, value in (
+            (req_t, Request(rid, "bench", t, inputs, unit_id=f"u{i % 997}").encode()),
+            (pred_t, Prediction(rid, "bench", "production", "prod",
+                                {"label": 1, "probabilities": PROBS}, 1.5, t).encode()),
+        ):  # fmt: skip
+            while True:
+                try:
+                    producer.produce(topic, key=key, value=value, headers=headers)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    producer.flush(300)
+    return time.perf_counter() - started, small_end
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def topic_count(config: Config, topic: str) -> int:
+    consumer = kafka.make_consumer(config.kafka, f"bench-count-{uuid.uuid4().hex[:6]}")
+    name = config.kafka.topic(topic)
+    md = consumer.list_topics(name, timeout=10).topics[name]
+    total = 0
+    for p in md.partitions:
+        low, high = consumer.get_watermark_offsets(kafka.TopicPartition(name, p), timeout=10)
+        total += high - low
+    consumer.close()
+    return total
+
+
+def live_worker(config: Config, path: Path, tmp: Path, n: int) -> dict[str, Any]:
+    """The worker scoring the same requests: wall rate and rate per CPU-second."""
+    pipeline = Pipeline(path, components=("worker",), log_dir=tmp / "logs",
+                        env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    pipeline.start()
+    try:
+        pid = pipeline.procs["worker"].pid
+        target = 2 * n  # production's answers and the candidate's
+        started, cpu0 = None, 0.0
+        while True:
+            pipeline.check()
+            got = topic_count(config, "predictions")
+            if started is None and got > n:
+                started, cpu0, first = time.perf_counter(), cpu_seconds(pid), got - n
+            if got >= target:
+                break
+            time.sleep(0.5)
+        assert started is not None
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(pid) - cpu0
+        done = target - n - first
+        return {
+            "requests": done,
+            "seconds": round(elapsed, 2),
+            "requests_per_s": round(done / elapsed),
+            "cpu_seconds": round(cpu, 2),
+            "requests_per_cpu_s": round(done / cpu),
+            "peak_rss_mb": round(_status_mb(pid, "VmHWM:"), 1),
+        }
+    finally:
+        pipeline.stop()
+
+
+def backtest(path: Path, since: datetime, until: datetime, tmp: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "shadowline", "backtest", "-c", str(path), "bench",
+           "--candidate", f"replay={MODEL}", "--since", since.isoformat(), "--until",
+           until.isoformat(), "--source", "kafka", "--json", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    samples: list[tuple[float, float]] = []
+    peak: list[float] = [0.0]
+    cpu: list[float] = [0.0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            try:
+                samples.append((time.perf_counter() - started, _status_mb(proc.pid, "VmRSS:")))
+                peak[0] = _status_mb(proc.pid, "VmHWM:")
+                cpu[0] = cpu_seconds(proc.pid)
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                break
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    out, err = proc.communicate(timeout=3600)
+    elapsed = time.perf_counter() - started
+    watcher.join(5)
+    if proc.returncode not in (0, 1, 2):
+        raise SystemExit(f"backtest failed ({proc.returncode}): {err.decode()[-3000:]}")
+    result = json.loads(out)
+    bt = result["backtest"]
+    # "N requests read, scored and stored in S s (R/s; C CPU s, ...)" on stderr.
+    m = re.search(r"stored in ([0-9.]+) s \([0-9,]+/s; ([0-9.]+) CPU s", err.decode())
+    if m is None:
+        raise SystemExit(f"no timing line in: {err.decode()[-2000:]}")
+    scoring_s, scoring_cpu = float(m.group(1)), float(m.group(2))
+    rss = [mb for _, mb in samples]
+    # The RSS over the middle of the run (past start-up, before the verdict's queries).
+    middle = rss[len(rss) // 5 : max(len(rss) // 5 + 1, 4 * len(rss) // 5)]
+    return {
+        "requests": bt["requests"],
+        "rows": bt["rows"],
+        "seconds": round(scoring_s, 2),
+        "requests_per_s": round(bt["requests"] / scoring_s),
+        "cpu_seconds": round(scoring_cpu, 2),
+        "requests_per_cpu_s": round(bt["requests"] / scoring_cpu),
+        "seconds_in_all": round(elapsed, 2),
+        "cpu_seconds_in_all": round(cpu[0], 2),
+        "peak_rss_mb": round(peak[0], 1),
+        "rss_mid_run_mb": [round(min(middle), 1), round(max(middle), 1)] if middle else None,
+        "verdict": result["verdict"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--small", type=int, default=100_000)
+    parser.add_argument("--bootstrap", default=os.environ.get("SHADOWLINE_TEST_BOOTSTRAP",
+                                                              "127.0.0.1:39092"))  # fmt: skip
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sl-bench-backtest-") as d:
+        tmp = Path(d)
+        config, path = make_config(tmp, args.bootstrap)
+        t0 = now_ms()
+        since = datetime.fromtimestamp(t0 / 1000, tz=UTC) - timedelta(seconds=1)
+        produced_s, small_end = produce_traffic(config, args.requests, args.small)
+        until = datetime.now(UTC) + timedelta(seconds=1)
+        print(f"produced {args.requests} requests and answers in {produced_s:.1f}s", flush=True)
+        worker = live_worker(config, path, tmp, args.requests)
+        print(f"worker: {worker}", flush=True)
+        # The small range is a prefix: the requests before the small-th one's millisecond.
+        small_until = datetime.fromtimestamp(small_end / 1000, tz=UTC)
+        small = backtest(path, since, small_until, tmp)
+        print(f"backtest {args.small}: {small}", flush=True)
+        large = backtest(path, since, until, tmp)
+        print(f"backtest {args.requests}: {large}", flush=True)
+    result = {
+        "requests": args.requests,
+        "model": MODEL,
+        "live_worker": worker,
+        "backtest_small": small,
+        "backtest": large,
+        "rate_ratio_per_cpu_s": round(large["requests_per_cpu_s"] / worker["requests_per_cpu_s"], 2)
+        if large["requests_per_cpu_s"]
+        else None,
+        "peak_rss_ratio_large_to_small": round(large["peak_rss_mb"] / small["peak_rss_mb"], 2),
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "backtest.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        "| run | requests | seconds | requests/s | CPU s | requests per CPU s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in (("live worker", worker), (f"backtest {args.small:,}", small),
+                    (f"backtest {args.requests:,}", large)):  # fmt: skip
+        lines.append(
+            f"| {name} | {r['requests']:,} | {r['seconds']} | {r['requests_per_s']:,} | "
+            f"{r['cpu_seconds']} | {r['requests_per_cpu_s']:,} | {r['peak_rss_mb']} |"
+        )
+    (OUT / "backtest.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
