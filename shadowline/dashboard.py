@@ -6,7 +6,8 @@ as SVG and a refresh header, so it needs no JavaScript and nothing from the netw
 
 - ``/``: every experiment with its latest gate verdict;
 - ``/experiments/NAME[?window=15m]``: the panels, the verdict with each rule, the
-  rollout history and the most divergent requests (both outputs side by side).
+  rollout history and the most divergent requests (both outputs side by side);
+  ``NAME@backtest:RUN`` is one backtest run (listed beneath its experiment).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import html
 import logging
 from urllib.parse import quote, unquote, urlsplit
 
-from shadowline import gates, report
+from shadowline import backtest, gates, report
 from shadowline.config import Config
 from shadowline.errors import ShadowlineError
 from shadowline.httpserve import BoundedServer, HardenedHandler, Refused, query_fields
@@ -31,8 +32,10 @@ def index_page(config: Config, refresh_s: int) -> str:
     try:
         for exp in config.experiments:
             verdict: str
+            runs: list[dict[str, object]] = []
             try:
                 verdict = gates.evaluate(wh, exp).verdict
+                runs = backtest.judge_stored(wh, exp)
             except ShadowlineError as exc:
                 verdict = f"error: {exc}"
             link = f"/experiments/{quote(exp.name)}"
@@ -41,6 +44,15 @@ def index_page(config: Config, refresh_s: int) -> str:
                 f"<td>{html.escape(exp.mode)}</td><td>{len(exp.candidates)}</td>"
                 f"<td class='{html.escape(verdict)}'>{html.escape(verdict)}</td></tr>"
             )
+            # Its backtest runs beneath it, labelled, each with its own verdict.
+            for b in runs:
+                name, v = str(b["stored_as"]), str(b["verdict"])
+                rows.append(
+                    f"<tr class='backtest'><td>&#8627; <a href='/experiments/{quote(name)}'>"
+                    f"backtest {html.escape(str(b['run']))}</a></td><td>backtest</td>"
+                    f"<td>{html.escape(str(b['candidate']))}</td>"
+                    f"<td class='{html.escape(v)}'>{html.escape(v)}</td></tr>"
+                )
     finally:
         wh.close()
     return (
@@ -96,7 +108,8 @@ def make_server(
                 if not parts:
                     self._send(200, index_page(config, refresh_s))
                 elif len(parts) == 2 and parts[0] == "experiments":
-                    if config.experiment(parts[1]) is None:
+                    run = backtest.split_name(parts[1])
+                    if config.experiment(run[0] if run else parts[1]) is None:
                         self._send(404, f"<p>no experiment {html.escape(parts[1][:200])!r} in "
                                         "the config: see <a href='/'>/</a></p>")  # fmt: skip
                         return

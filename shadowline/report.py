@@ -183,10 +183,21 @@ def build(
     config: Config, experiment: str, window_s: float | None = None, limit: int = 20
 ) -> dict[str, Any]:
     """Everything a report shows, gathered from the warehouse."""
-    exp = config.require_experiment(experiment, gates.GateError)
+    from shadowline import backtest
+
+    parts = backtest.split_name(experiment)
+    exp = config.require_experiment(parts[0] if parts else experiment, gates.GateError)
     wh = Warehouse.open_reader(config)
     try:
-        report = gates.evaluate(wh, exp, window_s=window_s)
+        runs: list[dict[str, Any]] = []
+        if parts:
+            # A backtest run: its own rows, judged as `shadowline backtest` judged them.
+            live = exp
+            exp = backtest.stored_experiment(wh, live, experiment)
+            report = gates.evaluate(wh, exp, window_s=window_s, labels_from=live.name)
+        else:
+            report = gates.evaluate(wh, exp, window_s=window_s)
+            runs = backtest.judge_stored(wh, exp)
         served = exp.mode in SERVED_MODES
         figures = _figures(wh, experiment, served, report.since, report.until)
         history = wh.query(
@@ -215,8 +226,25 @@ def build(
         "figures": figures,
         "history": history,
         "divergent": divergent,
+        "backtests": runs,
         "generated": datetime.now(UTC),
     }
+
+
+def _backtest_rows(data: dict[str, Any]) -> list[list[Any]]:
+    return [
+        [b["stored_as"], b["candidate"], b["rows"], f"{b['first_event']} .. {b['last_event']}",
+         b["verdict"], "; ".join(b["failing"])]
+        for b in data.get("backtests") or []
+    ]  # fmt: skip
+
+
+BACKTEST_HEAD = ["backtest run", "candidate", "rows", "events", "outcome", "failing"]
+BACKTEST_NOTE = (
+    "Backtests replay this experiment's mirrored requests through a candidate; each is "
+    "judged on its own rows (latency rules apart) and is not part of the verdict above. "
+    "Open one with its run name as the experiment."
+)
 
 
 def _since(t: datetime) -> str:
@@ -313,6 +341,12 @@ def to_html(data: dict[str, Any]) -> str:
         )
     else:
         parts.append("<p>No rollout decisions for this experiment.</p>")
+    if data.get("backtests"):
+        parts += [
+            "<h2>Backtests</h2>",
+            f"<p>{esc(BACKTEST_NOTE)}</p>",
+            table(BACKTEST_HEAD, _backtest_rows(data), "backtests"),
+        ]
     parts.append("<h2>Most divergent requests</h2>")
     if data["divergent"]:
         rows = [
@@ -380,6 +414,10 @@ def to_markdown(data: dict[str, Any], out: Path) -> str:
         ]
     else:
         lines.append("No rollout decisions for this experiment.")
+    if data.get("backtests"):
+        lines += ["", "## Backtests", "", md(BACKTEST_NOTE), ""]
+        lines += ["| " + " | ".join(BACKTEST_HEAD) + " |", "|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(md(c) for c in r) + " |" for r in _backtest_rows(data)]
     lines += ["", "## Most divergent requests", ""]
     if data["divergent"]:
         lines += [

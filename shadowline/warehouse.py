@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DDL_DIR = data_dir("shadowline.clickhouse", "001_comparisons.sql")
 QUERY_DIR = DDL_DIR / "queries"
-DDL_FILES = 7  # 001_comparisons.sql .. 007_models.sql
+DDL_FILES = 8  # 001_comparisons.sql .. 008_backtests.sql
 
 COMPARISON_COLUMNS = (
     "event_time", "experiment", "request_id", "production_model", "candidate_model", "status",

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.integration
 PROBS = {"0": 0.3, "1": 0.7}
 SERVED, UNANSWERED = 400, 5
 COMPARED = (
-    "request_id, status, agree, divergence, toJSONString(metrics) AS metrics, production_output, candidate_output, "
-    "production_error, candidate_error, production_latency_ms, event_time, unit_id"
+    "request_id, status, agree, divergence, toJSONString(metrics) AS metrics, "
+    "production_output, candidate_output, production_error, candidate_error, "
+    "production_latency_ms, event_time, unit_id"
 )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from shadowline import Interleave, Mirror, Router
+from shadowline import Interleave, Mirror, Router, backtest
 from shadowline.envelopes import Control, now_ms
 from shadowline.warehouse import DDL_DIR
 from tests.integration.helpers import produce, rows, start_pipeline, wait_for
@@ -134,9 +134,12 @@ def test_every_panel_returns_sane_rows_from_a_real_run(
             sql = f"SELECT count() AS n FROM {table}"  # noqa: S608  fixed names
             wait_for(lambda sql=sql, n=n: rows(config, sql)[0]["n"] >= n,
                      60, f"{n} rows in {table}", pipeline)  # fmt: skip
+        # A backtest of the shadow experiment: listed beside it, selectable on its own.
+        replay = backtest.run(config, "shadow", "echo", progress=False)
+        assert replay.counts.requests == 300 and replay.counts.rows == 300
         (dash,) = _dashboards()
         variable = rows(config, dash["templating"]["list"][0]["query"])
-        assert [r["experiment"] for r in variable] == ["ramp", "rank", "shadow"]
+        assert [r["experiment"] for r in variable] == ["ramp", "rank", "shadow", replay.stored_as]
         for panel in dash["panels"]:
             title = panel["title"].lower()
             experiment = (
@@ -169,6 +172,11 @@ def test_every_panel_returns_sane_rows_from_a_real_run(
                 assert sum(r["wins"] + r["losses"] for r in result) == 40
                 assert sum(r["ties"] for r in result) == 0
                 assert all(r["candidate_model"] == "alt" for r in result)
+            if panel["title"].startswith("Backtest runs"):
+                assert [(r["stored_as"], r["candidate_model"], r["rows"]) for r in result] == [
+                    (replay.stored_as, "echo", 300)
+                ]
+                assert result[0]["agreement"] == 1.0
             if panel["title"].startswith("Noise cancellation"):
                 # echo agrees with production as the secondary does; flip never does.
                 excess = {r["candidate_model"]: r["excess_disagreement"] for r in result}
