@@ -20,7 +20,7 @@ def test_the_data_packages_hold_what_the_code_reads():
 def test_missing_ddl_is_an_error_not_an_empty_list(tmp_path, monkeypatch):
     (tmp_path / "001_comparisons.sql").write_text("CREATE TABLE IF NOT EXISTS {db}.x (a Int8)")
     monkeypatch.setattr(warehouse, "DDL_DIR", tmp_path)
-    with pytest.raises(WarehouseError, match="holds 1 DDL files, 7 expected"):
+    with pytest.raises(WarehouseError, match="holds 1 DDL files, 8 expected"):
         warehouse.ddl_statements("db")
 
 
