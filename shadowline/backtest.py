@@ -39,13 +39,13 @@ from shadowline import codec, gates, kafka
 from shadowline.config import CandidateConfig, Config, ExperimentConfig
 from shadowline.envelopes import Comparison, Prediction, Request
 from shadowline.errors import DecodeError, ShadowlineError
+from shadowline.streams import pairing
 from shadowline.warehouse import (
     COMPARISON_COLUMNS,
     Warehouse,
     comparison_row,
     embedded_server_answers,
 )
-from streams import pairing
 
 SEP = "@backtest:"
 SOURCES = ("auto", "kafka", "warehouse")

@@ -65,7 +65,7 @@ def test_a_starter_config_runs_as_written_and_its_traffic_lands(kafka_bootstrap,
             assert time.monotonic() < deadline + 120, (got.stdout, got.stderr)
             time.sleep(1)
         verdict = shadowline("gate", "check", "checkout-risk", "--json", cwd=work, env=env)
-        assert verdict.returncode in (0, 1, 2), verdict.stderr
+        assert verdict.returncode in (0, 1, 2) and verdict.stdout, verdict.stderr
         (candidate,) = json.loads(verdict.stdout)["candidates"]
         assert candidate["candidate"] == "risk-v2"
         rules = candidate["rules"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 from shadowline.consumers.worker import CandidateRunner
+from shadowline.streams import pairing
 
 from shadowline import backtest, codec
 from shadowline.config import CandidateConfig, parse_config
 from shadowline.envelopes import Prediction, Request
 from shadowline.errors import ConfigError
 from shadowline.models import load_model
-from streams import pairing
 
 PROBS = {"0": 0.3, "1": 0.7}
 
