@@ -7,7 +7,9 @@ worker scoring the same requests with the same model, in one run on one machine.
 Rates are of reading, scoring and storing (what the backtest prints on stderr; start-up
 and the verdict's queries apart, reported as `seconds_in_all`), the worker's of its
 steady state. The requests and production's answers are produced to Kafka first (as the tap would
-have); the live worker then scores them (its rate per CPU-second of its process);
+have); the live pipeline (worker, joiner, sink) then judges them, each process's CPU
+counted (the worker's rate per CPU-second is the target; a backtest does the work of
+all three);
 then `shadowline backtest` replays the range from Kafka's log into the embedded
 warehouse, and again over the first ``--small`` requests, so memory for a range ten
 times larger sits beside it. Memory is sampled every 0.5 s (RSS) and its peak (VmHWM)
@@ -36,6 +38,7 @@ from shadowline import kafka
 from shadowline.config import Config, load_config
 from shadowline.envelopes import Prediction, Request, now_ms
 from shadowline.supervisor import Pipeline
+from shadowline.warehouse import Warehouse, embedded_server_answers
 
 OUT = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +55,7 @@ def make_config(tmp: Path, bootstrap: str) -> tuple[Config, Path]:
             {
                 "name": "bench",
                 "production_model": "prod",
-                "window_s": 10,
+                "window_s": 2,
                 "candidates": [{"name": "echo", "model": MODEL, "batch_size": 256}],
             }
         ],
@@ -121,37 +124,59 @@ def topic_count(config: Config, topic: str) -> int:
     return total
 
 
-def live_worker(config: Config, path: Path, tmp: Path, n: int) -> dict[str, Any]:
-    """The worker scoring the same requests: wall rate and rate per CPU-second."""
-    pipeline = Pipeline(path, components=("worker",), log_dir=tmp / "logs",
-                        env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+def live_pipeline(config: Config, path: Path, tmp: Path, n: int) -> dict[str, Any]:
+    """Worker, joiner and sink on the same requests, until every row is stored: each
+    one's rate per CPU-second (start-up apart), and the three together."""
+    pipeline = Pipeline(path, log_dir=tmp / "logs", env={"PYTHONPATH": str(ROOT)})
     pipeline.start()
     try:
-        pid = pipeline.procs["worker"].pid
-        target = 2 * n  # production's answers and the candidate's
-        started, cpu0 = None, 0.0
+        names = ("worker", "joiner", "sink")
+        pids = {c: pipeline.procs[c].pid for c in names}
+        ns = config.kafka.namespace
+        groups = [f"{ns}workers", config.joiner.app_id, f"{ns}sink"]
+        while not (embedded_server_answers(config) and kafka.groups_ready(config.kafka, groups)):
+            pipeline.check()
+            time.sleep(0.2)
+        started = time.perf_counter()
+        cpu0 = {c: cpu_seconds(p) for c, p in pids.items()}
+        worker_done: float | None = None
         while True:
             pipeline.check()
-            got = topic_count(config, "predictions")
-            if started is None and got > n:
-                started, cpu0, first = time.perf_counter(), cpu_seconds(pid), got - n
-            if got >= target:
+            if worker_done is None and topic_count(config, "predictions") >= 2 * n:
+                worker_done = time.perf_counter() - started
+                worker_cpu = cpu_seconds(pids["worker"]) - cpu0["worker"]
+            wh = Warehouse.open_reader(config)
+            try:
+                stored = int(wh.query("SELECT count() AS n FROM comparisons")[0]["n"])
+            finally:
+                wh.close()
+            if stored >= n:
                 break
-            time.sleep(0.5)
-        assert started is not None
+            time.sleep(1.0)
         elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(pid) - cpu0
-        done = target - n - first
-        return {
-            "requests": done,
-            "seconds": round(elapsed, 2),
-            "requests_per_s": round(done / elapsed),
-            "cpu_seconds": round(cpu, 2),
-            "requests_per_cpu_s": round(done / cpu),
-            "peak_rss_mb": round(_status_mb(pid, "VmHWM:"), 1),
-        }
+        cpu = {c: cpu_seconds(p) - cpu0[c] for c, p in pids.items()}
+        rss = {c: round(_status_mb(p, "VmHWM:"), 1) for c, p in pids.items()}
     finally:
         pipeline.stop()
+    assert worker_done is not None
+    total = sum(cpu.values())
+    return {
+        "requests": n,
+        "worker": {
+            "seconds": round(worker_done, 2),
+            "requests_per_s": round(n / worker_done),
+            "cpu_seconds": round(worker_cpu, 2),
+            "requests_per_cpu_s": round(n / worker_cpu),
+            "peak_rss_mb": rss["worker"],
+        },
+        "pipeline": {
+            "seconds": round(elapsed, 2),
+            "requests_per_s": round(n / elapsed),
+            "cpu_seconds": {c: round(v, 2) for c, v in cpu.items()},
+            "requests_per_cpu_s": round(n / total),
+            "peak_rss_mb": rss,
+        },
+    }
 
 
 def backtest(path: Path, since: datetime, until: datetime, tmp: Path) -> dict[str, Any]:
@@ -222,8 +247,9 @@ def main() -> None:
         produced_s, small_end = produce_traffic(config, args.requests, args.small)
         until = datetime.now(UTC) + timedelta(seconds=1)
         print(f"produced {args.requests} requests and answers in {produced_s:.1f}s", flush=True)
-        worker = live_worker(config, path, tmp, args.requests)
-        print(f"worker: {worker}", flush=True)
+        live = live_pipeline(config, path, tmp, args.requests)
+        worker = live["worker"]
+        print(f"live: {live}", flush=True)
         # The small range is a prefix: the requests before the small-th one's millisecond.
         small_until = datetime.fromtimestamp(small_end / 1000, tz=UTC)
         small = backtest(path, since, small_until, tmp)
@@ -234,11 +260,15 @@ def main() -> None:
         "requests": args.requests,
         "model": MODEL,
         "live_worker": worker,
+        "live_pipeline": live["pipeline"],
         "backtest_small": small,
         "backtest": large,
-        "rate_ratio_per_cpu_s": round(large["requests_per_cpu_s"] / worker["requests_per_cpu_s"], 2)
-        if large["requests_per_cpu_s"]
-        else None,
+        "rate_ratio_to_worker_per_cpu_s": round(
+            large["requests_per_cpu_s"] / worker["requests_per_cpu_s"], 2
+        ),
+        "rate_ratio_to_pipeline_per_cpu_s": round(
+            large["requests_per_cpu_s"] / live["pipeline"]["requests_per_cpu_s"], 2
+        ),
         "peak_rss_ratio_large_to_small": round(large["peak_rss_mb"] / small["peak_rss_mb"], 2),
     }
     OUT.mkdir(exist_ok=True)
@@ -247,11 +277,19 @@ def main() -> None:
         "| run | requests | seconds | requests/s | CPU s | requests per CPU s | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, r in (("live worker", worker), (f"backtest {args.small:,}", small),
+    pipe = live["pipeline"]
+    lines.append(
+        f"| live worker + joiner + sink | {args.requests:,} | {pipe['seconds']} | "
+        f"{pipe['requests_per_s']:,} | {round(sum(pipe['cpu_seconds'].values()), 2)} | "
+        f"{pipe['requests_per_cpu_s']:,} | "
+        f"{' / '.join(str(v) for v in pipe['peak_rss_mb'].values())} |"
+    )
+    for name, r in (("live worker alone", worker), (f"backtest {args.small:,}", small),
                     (f"backtest {args.requests:,}", large)):  # fmt: skip
         lines.append(
-            f"| {name} | {r['requests']:,} | {r['seconds']} | {r['requests_per_s']:,} | "
-            f"{r['cpu_seconds']} | {r['requests_per_cpu_s']:,} | {r['peak_rss_mb']} |"
+            f"| {name} | {r.get('requests', args.requests):,} | {r['seconds']} | "
+            f"{r['requests_per_s']:,} | {r['cpu_seconds']} | {r['requests_per_cpu_s']:,} | "
+            f"{r['peak_rss_mb']} |"
         )
     (OUT / "backtest.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(result, indent=2))

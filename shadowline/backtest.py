@@ -55,9 +55,6 @@ MAX_PENDING = 200_000  # per partition: past this the oldest wait ends early
 # Request IDs remembered to drop a request mirrored twice; one seen again further apart
 # rewrites the same row, which the warehouse collapses.
 RECENT_IDS = 50_000
-# Messages are stamped when they are mirrored, a little after their event time: the
-# log is read this long past ``until`` so a request served just before it is found.
-READ_PAST_MS = 60_000
 LATENCY_RULES = ("max_p99_latency_ms", "max_p99_latency_ratio", "max_p99_latency_increase_ms")
 NOT_JUDGED = (
     "latency rules are not judged in a backtest: a replay times the machine replaying "
@@ -360,7 +357,10 @@ class KafkaSource:
         """Batches of pairs, partition by partition, in log order."""
         req_t, pred_t = self.topics
         partitions = self.partitions()
-        past = self.until_ms + max(READ_PAST_MS, self.window_ms)
+        # Messages are stamped when they are mirrored, a little after their event time:
+        # the log is read one window past ``until``. A request mirrored later than that
+        # after it was served is one the live join would have judged without it too.
+        past = self.until_ms + self.window_ms
         r_start = self._offsets(req_t, partitions, self.since_ms)
         r_end = self._offsets(req_t, partitions, past)
         # A production prediction is stamped after its request: start at the same time.
