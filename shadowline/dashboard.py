@@ -117,7 +117,12 @@ def make_server(
                         window = gates.parse_duration(q["window"]) if q.get("window") else None
                     except gates.GateError as exc:
                         raise Refused(400, 0, str(exc)) from exc
-                    self._send(200, experiment_page(config, parts[1], window, refresh_s))
+                    try:
+                        page = experiment_page(config, parts[1], window, refresh_s)
+                    except backtest.BacktestError as exc:  # no such run stored
+                        self._send(404, f"<p>{html.escape(str(exc))}</p>")
+                        return
+                    self._send(200, page)
                 else:
                     self._send(404, "<p>not found: try <a href='/'>/</a></p>")
             except ShadowlineError as exc:

@@ -66,6 +66,9 @@ sampling = 1.0                          # share of requests mirrored (per reques
 window_s = 30                           # how long the joiner waits for both sides
 # Fields hashed (or dropped) before anything leaves the serving process.
 redact = { hash = ["customer_id"] }
+# Keep requests and production's answers in the warehouse too, so `shadowline backtest`
+# can replay ranges older than Kafka's retention (false: the retained log only).
+store_requests = false
 
 [experiments.gates]
 # The defaults judge errors, latency and output shift with sequential tests whose

@@ -106,6 +106,23 @@ def test_the_dashboard_refuses_bad_parameters_with_a_reason(surfaces, query, sta
     assert headers["X-Content-Type-Options"] == "nosniff"
 
 
+@pytest.mark.parametrize(
+    ("surface", "path", "status", "reason"),
+    [
+        ("dashboard", "/experiments/nope%40backtest%3Ax", 404, b"no experiment"),
+        ("dashboard", "/experiments/exp%40backtest%3A", 404, b"no experiment"),
+        ("dashboard", "/experiments/%40backtest%3Ax", 404, b"no experiment"),
+        ("gates", "/gates/nope@backtest:x", 400, b"is not in"),
+        ("gates", "/gates/exp%40backtest%3A", 400, b"is not in"),
+    ],
+)
+def test_backtest_run_names_in_paths_are_checked(surfaces, surface, path, status, reason):
+    port, _ = surfaces[surface]
+    got, body, _ = send(port, "GET", path)
+    assert got == status and reason in body, body[:300]
+    alive(surfaces)
+
+
 @pytest.mark.parametrize("surface", ["gates", "dashboard", "metrics"])
 def test_every_surface_refuses_hostile_http(surfaces, surface):
     port, path = surfaces[surface]
