@@ -78,12 +78,17 @@ def split_name(name: str) -> tuple[str, str] | None:
 
 
 def run_id(
-    experiment: str, candidate: CandidateConfig, since_ms: int, until_ms: int, source: str
-) -> str:
-    """A run's ID: the same inputs always name the same run (a re-run replaces its rows)."""
+    experiment: str, candidate: CandidateConfig, since_ms: int, until_ms: int, source: str,
+    log_start: str = "",
+) -> str:  # fmt: skip
+    """A run's ID: the same inputs always name the same run (a re-run replaces its rows).
+
+    ``log_start`` (Kafka: where the range starts in each partition) tells apart a range
+    whose start retention has deleted since: fewer requests, another run, not a mix."""
     text = "\x1f".join(
-        [experiment, candidate.name, candidate.model, str(since_ms), str(until_ms), source]
-    )
+        [experiment, candidate.name, candidate.model, str(since_ms), str(until_ms), source,
+         log_start]
+    )  # fmt: skip
     return hashlib.blake2b(text.encode(), digest_size=6, person=b"sl-backtest").hexdigest()
 
 
@@ -303,9 +308,12 @@ class KafkaSource:
         self.window_ms = int(experiment.window_s * 1000)
         k = config.kafka
         self.topics = (k.topic("requests"), k.topic("predictions"))
+        # A 16 MiB read-ahead (librdkafka's default is 64 MiB): a replay reads one
+        # partition of each topic at a time, and memory should not scale with the log.
         self.consumer = kafka.make_consumer(
-            k, f"{k.namespace}backtest", **{"enable.partition.eof": True}
-        )
+            k, f"{k.namespace}backtest",
+            **{"enable.partition.eof": True, "queued.max.messages.kbytes": 16384},
+        )  # fmt: skip
 
     def close(self) -> None:
         self.consumer.close()
@@ -352,6 +360,15 @@ class KafkaSource:
         if md is None or md.error is not None or not md.partitions:
             raise BacktestError(f"topic {self.topics[0]!r} does not exist on the broker")
         return sorted(md.partitions)
+
+    def log_start(self) -> str:
+        """Where the range starts in each partition of both topics (part of the run ID)."""
+        partitions = self.partitions()
+        return ";".join(
+            f"{t}:" + ",".join(str(o) for _, o in sorted(self._offsets(t, partitions,
+                                                                       self.since_ms).items()))
+            for t in self.topics
+        )  # fmt: skip
 
     def pairs(self, counts: Counts, progress: Callable[[int], None]) -> Iterator[list[Pair]]:
         """Batches of pairs, partition by partition, in log order."""
@@ -800,13 +817,15 @@ def run(
     kafka_src: KafkaSource | None = None
     try:
         chosen = _choose_source(config, exp, store, since_ms, until_ms, source)
-        run = run_id(exp.name, cand, since_ms, until_ms, chosen)
-        bt = derived_experiment(exp, run, [cand])
+        log_start = ""
         if chosen == "kafka":
             kafka_src = KafkaSource(config, exp, since_ms, until_ms)
             src: Any = kafka_src
+            log_start = kafka_src.log_start()
         else:
             src = WarehouseSource(store.reader(), exp, since_ms, until_ms)
+        run = run_id(exp.name, cand, since_ms, until_ms, chosen, log_start)
+        bt = derived_experiment(exp, run, [cand])
         base = base_dir
         if base is None and not config.source.startswith("<"):
             base = Path(config.source).resolve().parent

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shadowline import kafka
 from shadowline.tap import Mirror
 from tests.integration.helpers import rows, start_pipeline, wait_for
 
@@ -162,6 +163,20 @@ def test_backtest_replays_what_a_live_shadow_judged(config_factory, child_env, t
     assert wout["backtest"]["run"] != bt["run"]
     assert wout["candidates"] == out["candidates"]
     assert _rows(config, wout["backtest"]["stored_as"], "failing") == live
+    # Retention deletes the start of the log: auto now reads the warehouse, the same run.
+    topic = config.kafka.topic("requests")
+    admin = kafka.admin(config.kafka)  # held: its futures resolve only while it lives
+    deleted = admin.delete_records([kafka.TopicPartition(topic, p, 5) for p in range(3)])
+    for future in deleted.values():
+        assert future.result(30).low_watermark == 5
+    short = json.loads(_cli(path, env, "bt", "--candidate", "failing", *rng, "--source",
+                            "kafka", "--json").stdout)  # fmt: skip
+    # What the log still has, as another run (the first run's rows stay its own).
+    assert short["backtest"]["requests"] == SERVED + UNANSWERED - 15
+    assert short["backtest"]["run"] != bt["run"]
+    assert short["candidates"][0]["figures"]["rows"] == SERVED + UNANSWERED - 15
+    auto = _cli(path, env, "bt", "--candidate", "failing", *rng, "--json")
+    assert auto.stdout == stored.stdout  # the warehouse run, byte for byte
     # Not stopped by a missing model or a bad range: a message, exit 3.
     bad = _cli(path, env, "bt", "--candidate", "nope", "--json", check=False)
     assert bad.returncode == 3 and "not a candidate of 'bt'" in bad.stderr
