@@ -408,7 +408,9 @@ class KafkaSource:
             self.consumer.assign(assign)
         try:
             while not all(done.values()):
-                msgs = self.consumer.consume(num_messages=BATCH, timeout=1.0)
+                # A short wait: consume() holds a part-filled batch until it times out, and
+                # a partition's tail (or a small range) is a part-filled batch.
+                msgs = self.consumer.consume(num_messages=BATCH, timeout=0.1)
                 for msg in msgs:
                     err = msg.error()
                     topic = msg.topic()
