@@ -160,6 +160,20 @@ def test_non_finite_values_are_refused_not_rewritten():
         Request("r1", "exp", T, {"a": math.nan}).encode()
     with pytest.raises(ValueDecodeError, match="invalid JSON"):
         Request.from_message(b"r1", _json().replace(b'"a":1', b'"a":NaN'), "application/json")
+    # Decoding relies on orjson refusing what would be infinite (no second walk).
+    with pytest.raises(ValueDecodeError, match="invalid JSON: number is infinity"):
+        Request.from_message(b"r1", _json().replace(b'"a":1', b'"a":1e400'), "application/json")
+    sch = codec.schema("request")
+    rec = {f: None for f in sch.fields} | {"request_id": "r1", "experiment": "exp",
+           "event_time": T, "inputs": '{"a": -1e309}'}  # fmt: skip
+    with pytest.raises(ValueDecodeError, match="'inputs' is not valid JSON: number is infinity"):
+        Request.from_message(b"r1", codec.encode_avro("request", rec))
+    pred = {f: None for f in codec.schema("prediction").fields} | {
+        "request_id": "r1", "experiment": "exp", "role": "candidate", "model": "m",
+        "output": '[1, 2e308]', "latency_ms": 1.0, "event_time": T, "timing": "request",
+    }  # fmt: skip
+    with pytest.raises(ValueDecodeError, match="'output' is not valid JSON: number is infinity"):
+        Prediction.from_message(b"r1", codec.encode_avro("prediction", pred))
 
 
 @pytest.mark.parametrize("latency", [-1.0, math.inf, math.nan, 1e12])
