@@ -413,16 +413,17 @@ class KafkaSource:
                 msgs = self.consumer.consume(num_messages=BATCH, timeout=0.1)
                 for msg in msgs:
                     err = msg.error()
-                    topic = msg.topic()
+                    topic = msg.topic() or ""
+                    offset = msg.offset()
                     if err is not None:
                         if err.code() == kafka.PARTITION_EOF:
                             done[topic] = True  # read to the end of what the log holds
                             continue
                         raise BacktestError(f"reading {topic} [{p}]: {err}")
-                    if done[topic] or msg.offset() >= ends[topic]:
+                    if offset is None or done[topic] or offset >= ends[topic]:
                         self._finish(done, topic, p)
                         continue
-                    if msg.offset() == ends[topic] - 1:
+                    if offset == ends[topic] - 1:
                         self._finish(done, topic, p)
                     if topic == req_t:
                         self._on_request(msg, waiting, orphans, ready, clock, counts, p)
@@ -612,7 +613,10 @@ class WarehouseSource:
                 batch.append(Pair(req, prod, 0))
             progress(len(batch))
             yield batch
-            after_t, after_id = page[-1]["event_time"], page[-1]["request_id"]
+            # Naive UTC, as the parameters above (a zone-aware value may be written in
+            # the client's zone).
+            after_t = _naive(_epoch_ms(page[-1]["event_time"]))
+            after_id = page[-1]["request_id"]
 
 
 def _naive(ms: int) -> datetime:

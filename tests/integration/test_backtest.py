@@ -11,9 +11,10 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
-from shadowline import kafka
+from shadowline import backtest, kafka
 from shadowline.tap import Mirror
 from tests.integration.helpers import rows, start_pipeline, wait_for
 
@@ -47,7 +48,9 @@ def _rows(config, experiment, candidate):
     )  # fmt: skip
 
 
-def test_backtest_replays_what_a_live_shadow_judged(config_factory, child_env, tmp_path):
+def test_backtest_replays_what_a_live_shadow_judged(
+    config_factory, child_env, tmp_path, monkeypatch
+):
     exp = {
         "name": "bt",
         "production_model": "prod",
@@ -163,6 +166,11 @@ def test_backtest_replays_what_a_live_shadow_judged(config_factory, child_env, t
     assert wout["backtest"]["run"] != bt["run"]
     assert wout["candidates"] == out["candidates"]
     assert _rows(config, wout["backtest"]["stored_as"], "failing") == live
+    # Page by page (37 requests a page here): the same run, the same verdict.
+    monkeypatch.setattr(backtest.WarehouseSource, "PAGE", 37)
+    paged = backtest.run(config, "bt", "failing", since=since, until=until,
+                         source="warehouse", progress=False)  # fmt: skip
+    assert json.loads(orjson.dumps(paged.as_dict())) == wout
     # Retention deletes the start of the log: auto now reads the warehouse, the same run.
     topic = config.kafka.topic("requests")
     admin = kafka.admin(config.kafka)  # held: its futures resolve only while it lives
