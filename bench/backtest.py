@@ -40,6 +40,10 @@ from shadowline.envelopes import Prediction, Request, now_ms
 from shadowline.supervisor import Pipeline
 from shadowline.warehouse import Warehouse, embedded_server_answers
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import cpu_seconds, topic_count  # noqa: E402  the same counters
+
 OUT = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 PROBS = {"0": 0.3, "1": 0.7}
@@ -100,28 +104,11 @@ def produce_traffic(config: Config, n: int, small: int) -> tuple[float, int]:
     return time.perf_counter() - started, small_end
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def topic_count(config: Config, topic: str) -> int:
-    consumer = kafka.make_consumer(config.kafka, f"bench-count-{uuid.uuid4().hex[:6]}")
-    name = config.kafka.topic(topic)
-    md = consumer.list_topics(name, timeout=10).topics[name]
-    total = 0
-    for p in md.partitions:
-        low, high = consumer.get_watermark_offsets(kafka.TopicPartition(name, p), timeout=10)
-        total += high - low
-    consumer.close()
-    return total
 
 
 def live_pipeline(config: Config, path: Path, tmp: Path, n: int) -> dict[str, Any]:

@@ -88,7 +88,7 @@ class Sink:
         self._keep_requests = {e.name for e in config.experiments if e.stores_requests}
         # With the requests, production's answers (into `served`): a backtest replays both.
         self._keep_production = {
-            e.name: e.production_model for e in config.experiments
+            e.name for e in config.experiments
             if e.stores_requests and e.mode not in SERVED_MODES
         }  # fmt: skip
         self._offsets: dict[tuple[str, int], int] = {}

@@ -206,28 +206,21 @@ MAX_LISTED = 20
 
 
 def stored_runs(warehouse: Warehouse, experiment: str) -> list[dict[str, Any]]:
-    """The backtest runs stored for ``experiment``, the latest first: run, candidate,
-    rows, first and last event."""
+    """The backtest runs stored for ``experiment`` (view ``backtest_runs``), the latest
+    first: run, candidate, rows, first and last event."""
     sql = (
-        f"SELECT experiment, candidate_model, count() AS rows, min(event_time) AS first_event, "
-        f"max(event_time) AS last_event, max(inserted_at) AS stored "
-        f"FROM {warehouse.database}.comparisons_final "
-        "WHERE startsWith(experiment, {prefix:String}) "
-        f"GROUP BY experiment, candidate_model ORDER BY stored DESC, experiment LIMIT {MAX_LISTED}"
+        "SELECT run, stored_as, candidate_model, rows, first_event, last_event "
+        f"FROM {warehouse.database}.backtest_runs WHERE experiment = {{experiment:String}} "
+        f"ORDER BY stored_at DESC, stored_as, candidate_model LIMIT {MAX_LISTED}"
     )
-    out = []
-    for r in warehouse.query(sql, {"prefix": experiment + SEP}):
-        parts = split_name(r["experiment"])
-        if parts is None or parts[0] != experiment:
-            continue
-        out.append(
-            {
-                "run": parts[1], "stored_as": r["experiment"], "candidate": r["candidate_model"],
-                "rows": int(r["rows"]), "first_event": _iso(r["first_event"]),
-                "last_event": _iso(r["last_event"]),
-            }
-        )  # fmt: skip
-    return out
+    return [
+        {
+            "run": r["run"], "stored_as": r["stored_as"], "candidate": r["candidate_model"],
+            "rows": int(r["rows"]), "first_event": _iso(r["first_event"]),
+            "last_event": _iso(r["last_event"]),
+        }
+        for r in warehouse.query(sql, {"experiment": experiment})
+    ]  # fmt: skip
 
 
 def _iso(t: datetime) -> str:
@@ -265,10 +258,8 @@ def judge_stored(warehouse: Warehouse, experiment: ExperimentConfig) -> list[dic
         report = gates.evaluate(warehouse, exp, candidate=r["candidate"],
                                 since=gates.EPOCH, labels_from=experiment.name)  # fmt: skip
         verdict = report.candidates[0]
-        failing = [f"{x.rule}: {x.detail}" if x.observed is None else
-                   f"{x.rule}: observed {x.observed:.6g}, limit {x.threshold:.6g}"
-                   for x in verdict.rules if x.outcome == "fail"]  # fmt: skip
-        out.append(r | {"label": "backtest", "verdict": verdict.verdict, "failing": failing})
+        out.append(r | {"label": "backtest", "verdict": verdict.verdict,
+                        "failing": gates.failing_rules(verdict)})  # fmt: skip
     return out
 
 
@@ -308,6 +299,7 @@ class KafkaSource:
         self.window_ms = int(experiment.window_s * 1000)
         k = config.kafka
         self.topics = (k.topic("requests"), k.topic("predictions"))
+        self._start_cache: dict[str, dict[int, int]] = {}
         # A 16 MiB read-ahead (librdkafka's default is 64 MiB): a replay reads one
         # partition of each topic at a time, and memory should not scale with the log.
         self.consumer = kafka.make_consumer(
@@ -361,14 +353,19 @@ class KafkaSource:
             raise BacktestError(f"topic {self.topics[0]!r} does not exist on the broker")
         return sorted(md.partitions)
 
+    def _starts(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        # Asked once per topic: the run ID and the read use the same offsets.
+        if topic not in self._start_cache:
+            self._start_cache[topic] = self._offsets(topic, partitions, self.since_ms)
+        return self._start_cache[topic]
+
     def log_start(self) -> str:
         """Where the range starts in each partition of both topics (part of the run ID)."""
         partitions = self.partitions()
         return ";".join(
-            f"{t}:" + ",".join(str(o) for _, o in sorted(self._offsets(t, partitions,
-                                                                       self.since_ms).items()))
+            f"{t}:" + ",".join(str(o) for _, o in sorted(self._starts(t, partitions).items()))
             for t in self.topics
-        )  # fmt: skip
+        )
 
     def pairs(self, counts: Counts, progress: Callable[[int], None]) -> Iterator[list[Pair]]:
         """Batches of pairs, partition by partition, in log order."""
@@ -378,10 +375,10 @@ class KafkaSource:
         # the log is read one window past ``until``. A request mirrored later than that
         # after it was served is one the live join would have judged without it too.
         past = self.until_ms + self.window_ms
-        r_start = self._offsets(req_t, partitions, self.since_ms)
+        r_start = self._starts(req_t, partitions)
         r_end = self._offsets(req_t, partitions, past)
         # A production prediction is stamped after its request: start at the same time.
-        p_start = self._offsets(pred_t, partitions, self.since_ms)
+        p_start = self._starts(pred_t, partitions)
         p_end = self._offsets(pred_t, partitions, past + self.window_ms)
         for p in partitions:
             yield from self._partition(
@@ -511,20 +508,21 @@ class KafkaSource:
         # A request's wait ends when the predictions log has moved a window past it (or
         # ended); the live joiner would have closed its window by then.
         horizon = float("inf") if done[pred_t] else clock[pred_t] - self.window_ms
-        while waiting:
-            rid, req = next(iter(waiting.items()))
-            if req.event_time >= horizon and len(waiting) <= MAX_PENDING:
-                break
-            waiting.popitem(last=False)
+        for req in _overdue(waiting, horizon):
             counts.missing_production += 1
             ready.append(Pair(req, None, p))
         horizon = float("inf") if done[req_t] else clock[req_t] - self.window_ms
-        while orphans:
-            rid, pred = next(iter(orphans.items()))
-            if pred.event_time >= horizon and len(orphans) <= MAX_PENDING:
-                break
-            orphans.popitem(last=False)
+        for _ in _overdue(orphans, horizon):
             counts.unpaired_production += 1
+
+
+def _overdue(pending: OrderedDict[str, Any], horizon: float) -> Iterator[Any]:
+    """Take the oldest entries whose event time is before ``horizon`` (or past the cap)."""
+    while pending:
+        oldest = next(iter(pending.values()))
+        if oldest.event_time >= horizon and len(pending) <= MAX_PENDING:
+            return
+        yield pending.popitem(last=False)[1]
 
 
 class WarehouseSource:
@@ -539,16 +537,6 @@ class WarehouseSource:
         self.wh = warehouse
         self.exp = experiment
         self.since_ms, self.until_ms = since_ms, until_ms
-
-    def available(self) -> int:
-        """Stored requests in the range."""
-        rows = self.wh.query(
-            f"SELECT count() AS n FROM {self.wh.database}.requests FINAL "
-            "WHERE experiment = {experiment:String} AND event_time >= {since:DateTime64(3)} "
-            "AND event_time < {until:DateTime64(3)}",
-            self._params(),
-        )
-        return int(rows[0]["n"]) if rows else 0
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -682,6 +670,7 @@ class Store:
         self.config = config
         self.producer: Any = None
         self.warehouse: Warehouse | None = None
+        self._reader: Warehouse | None = None
         self._rows: list[list[Any]] = []
         if config.warehouse.backend == "embedded" and embedded_server_answers(config):
             self.via = "sink"
@@ -735,8 +724,13 @@ class Store:
             self._rows = []
 
     def reader(self) -> Warehouse:
-        """A warehouse to judge the stored rows on."""
-        return self.warehouse or Warehouse.open_reader(self.config)
+        """The warehouse to read from (stored requests, the run's rows): the one written
+        to, else one reader opened once and closed with the store."""
+        if self.warehouse is not None:
+            return self.warehouse
+        if self._reader is None:
+            self._reader = Warehouse.open_reader(self.config)
+        return self._reader
 
     def wait_stored(self, timeout_s: float) -> None:
         """Until the sink has stored every row of the run (direct writes are already in):
@@ -767,8 +761,9 @@ class Store:
             watcher.close()
 
     def close(self) -> None:
-        if self.warehouse is not None:
-            self.warehouse.close()
+        for wh in (self.warehouse, self._reader):
+            if wh is not None:
+                wh.close()
 
 
 # -- the command ----------------------------------------------------------------------
@@ -822,10 +817,12 @@ def run(
     store = Store(config)
     kafka_src: KafkaSource | None = None
     try:
-        chosen = _choose_source(config, exp, store, since_ms, until_ms, source)
+        if source != "warehouse":
+            kafka_src = KafkaSource(config, exp, since_ms, until_ms)
+        chosen = _choose_source(exp, source, kafka_src)
         log_start = ""
         if chosen == "kafka":
-            kafka_src = KafkaSource(config, exp, since_ms, until_ms)
+            assert kafka_src is not None
             src: Any = kafka_src
             log_start = kafka_src.log_start()
         else:
@@ -861,13 +858,8 @@ def run(
             runner.close()
         scoring_s = time.monotonic() - t_scoring
         scoring_cpu_s = time.process_time() - cpu_scoring
-        reader = store.reader()
-        try:
-            store.wait_stored(120 + counts.rows / 2000)
-            report = gates.evaluate(reader, bt, since=start, until=end, labels_from=exp.name)
-        finally:
-            if reader is not store.warehouse:
-                reader.close()
+        store.wait_stored(120 + counts.rows / 2000)
+        report = gates.evaluate(store.reader(), bt, since=start, until=end, labels_from=exp.name)
     finally:
         if kafka_src is not None:
             kafka_src.close()
@@ -879,10 +871,7 @@ def run(
     )  # fmt: skip
 
 
-def _choose_source(
-    config: Config, exp: ExperimentConfig, store: Store, since_ms: int, until_ms: int,
-    source: str,
-) -> str:  # fmt: skip
+def _choose_source(exp: ExperimentConfig, source: str, log: KafkaSource | None) -> str:
     if source != "auto":
         if source == "warehouse" and not exp.stores_requests:
             raise BacktestError(
@@ -892,12 +881,8 @@ def _choose_source(
         return source
     if not exp.stores_requests:
         return "kafka"
-    probe = KafkaSource(config, exp, since_ms, until_ms)
-    try:
-        truncated = probe.truncated()
-    finally:
-        probe.close()
-    return "warehouse" if truncated else "kafka"
+    assert log is not None
+    return "warehouse" if log.truncated() else "kafka"
 
 
 def timing(result: BacktestResult) -> str:

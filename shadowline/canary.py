@@ -86,12 +86,7 @@ def latest_control(config: Config, experiment: str, timeout: float = 10.0) -> Co
 
 
 def _failing(report: gates.GateReport) -> str:
-    parts = []
-    for cand in report.candidates:
-        for r in cand.rules:
-            if r.outcome == "fail":
-                observed = "n/a" if r.observed is None else f"{r.observed:.6g}"
-                parts.append(f"{r.rule}: observed {observed}, limit {r.threshold:.6g}")
+    parts = [text for cand in report.candidates for text in gates.failing_rules(cand)]
     return "; ".join(parts) or "gates failed"
 
 

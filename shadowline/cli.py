@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -268,6 +268,18 @@ def _cell(value: Any) -> str:
 # -- gate ---------------------------------------------------------------------
 
 
+def _verdict_error(exc: ShadowlineError, as_json: bool) -> NoReturn:
+    """A verdict command's error: JSON too when asked, exit 3 (never a verdict's code)."""
+    import orjson
+
+    from shadowline.gates import EXIT_ERROR
+
+    if as_json:
+        click.echo(orjson.dumps({"verdict": "error", "error": str(exc)}).decode())
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
 @cli.group()
 def gate() -> None:
     """Judge an experiment's candidates against its [experiments.gates] rules."""
@@ -303,12 +315,7 @@ def gate_check(
             until=gates.parse_time(until) if until else None,
         )
     except ShadowlineError as exc:
-        if as_json:
-            import orjson
-
-            click.echo(orjson.dumps({"verdict": "error", "error": str(exc)}).decode())
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(gates.EXIT_ERROR)
+        _verdict_error(exc, as_json)
     if as_json:
         import orjson
 
@@ -359,10 +366,7 @@ def backtest_cmd(
             source=source, progress=progress,
         )  # fmt: skip
     except ShadowlineError as exc:
-        if as_json:
-            click.echo(orjson.dumps({"verdict": "error", "error": str(exc)}).decode())
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(gates.EXIT_ERROR)
+        _verdict_error(exc, as_json)
     if as_json:
         click.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
         click.echo(f"backtest {result.run}: {backtest.timing(result)}", err=True)

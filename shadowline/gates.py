@@ -446,6 +446,16 @@ def check(
         warehouse.close()
 
 
+def failing_rules(verdict: CandidateVerdict) -> list[str]:
+    """``rule: observed X, limit Y`` for each failing rule of one candidate."""
+    return [
+        f"{r.rule}: observed {'n/a' if r.observed is None else f'{r.observed:.6g}'}, "
+        f"limit {r.threshold:.6g}"
+        for r in verdict.rules
+        if r.outcome == "fail"
+    ]
+
+
 def format_report(report: GateReport) -> str:
     """The human-readable verdict: one line per rule with observed, limit and outcome."""
     lines = [
