@@ -14,14 +14,16 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Sequence
-from http.server import ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from shadowline.config import Config
 from shadowline.envelopes import Comparison, Control, Feedback, Prediction, Request
 from shadowline.errors import Backpressure, WarehouseError
 from shadowline.resources import data_dir
+
+if TYPE_CHECKING:
+    from shadowline.httpserve import BoundedServer
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +286,7 @@ class Warehouse:
 
     # -- the embedded owner's HTTP endpoint --------------------------------------
 
-    def serve_http(self, host: str = "127.0.0.1", port: int | None = None) -> ThreadingHTTPServer:
+    def serve_http(self, host: str = "127.0.0.1", port: int | None = None) -> BoundedServer:
         """Serve the ClickHouse HTTP interface from this embedded owner (read-only unless
         ``warehouse.http_writable``; see ``shadowline.warehouse_http``)."""
         if self.config.warehouse.backend != "embedded" or not self.owner:

@@ -4,6 +4,7 @@ topics, consumer groups, warehouse directory and ports."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -109,3 +110,10 @@ def child_env() -> dict[str, str]:
     """Environment for pipeline child processes: test fake models importable."""
     env = {"PYTHONPATH": str(ROOT), "SHADOWLINE_LOG_LEVEL": "INFO"}
     return env
+
+
+def answered(answer: bytes) -> int:
+    """The status code of a raw HTTP answer ("HTTP/1.x NNN ..."); errors found while
+    parsing a request are answered as HTTP/1.0, the rest as HTTP/1.1."""
+    assert re.match(rb"HTTP/1\.[01] \d{3} ", answer), answer[:200]
+    return int(answer[9:12])

@@ -13,7 +13,7 @@ import pytest
 
 from shadowline import ingest
 from shadowline.config import parse_config
-from tests.conftest import free_port
+from tests.conftest import answered, free_port
 from tests.integration.helpers import rows, start_pipeline, wait_for
 from tests.integration.test_http_surfaces import raw
 
@@ -28,6 +28,8 @@ def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[in
         conn.request("POST", path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
+        if resp.getheader("Content-Type", "").startswith("text/plain"):
+            return resp.status, {"error": data.decode()}  # refused by the HTTP parser
         return resp.status, orjson.loads(data) if data else {}
     finally:
         conn.close()
@@ -155,8 +157,9 @@ CE_JSON = {"Content-Type": "application/cloudevents+json"}
         ("/ingest/iris", b'{"rows": [[1]]}', HEADERS, 400, "none of 'instances' (V1)"),
         ("/ingest/iris", b"[1, 2]", HEADERS, 400, "payload is list"),
         ("/ingest/iris", b'{"inputs": [{"shape": "x"}]}', HEADERS, 400, "inputs[0].shape"),
+        # a control character in a header: refused by the HTTP parser itself
         ("/ingest/iris", b'{"instances": [[1]]}', {**HEADERS, "Ce-Id": "a\x01b"}, 400,
-         "printable"),
+         "Invalid header value char"),
         ("/ingest/iris", b'{"instances": [[1]]}', {**HEADERS, "Content-Type": "text/xml"}, 415,
          "send application/json"),
         ("/ingest/iris", b'{"instances": [[1]]}', {**HEADERS, "Ce-Id": "x" * 300}, 400,
@@ -204,18 +207,18 @@ def test_the_endpoint_refuses_hostile_http_and_stays_up(endpoint):
         conn.close()
     answer = raw(port, b"POST /ingest/iris HTTP/1.1\r\nHost: attacker.example\r\n"
                        b"Connection: close\r\nContent-Length: 2\r\n\r\n{}")  # fmt: skip
-    assert answer.startswith(b"HTTP/1.1 403 ") and b"is not this loopback server" in answer
+    assert answered(answer) == 403 and b"is not this loopback server" in answer
     for length, status in (("abc", 400), ("-1", 400), ("99999999999", 413)):
         answer = raw(port, f"POST /ingest/iris HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                            f"Content-Length: {length}\r\n\r\n{{}}".encode())  # fmt: skip
-        assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+        assert answered(answer) == status, answer[:200]
     many = "".join(f"X-H{i}: v\r\n" for i in range(80))
     answer = raw(port, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n{many}\r\n".encode())
-    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert answered(answer) == 431
     answer = raw(port, b"POST /ingest/iris HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: "
                        b"chunked\r\nContent-Type: application/json\r\nCe-Id: c1\r\nCe-Type: "
                        + REQ.encode() + b"\r\n\r\nzz\r\n")  # fmt: skip
-    assert answer.startswith(b"HTTP/1.1 400 ") and b"chunk size" in answer
+    assert answered(answer) == 400 and b"chunk size" in answer
     # bounded: past max_pending inferences waiting for a partner, 503 (the sender retries)
     statuses = [post(port, "/ingest/iris", b'{"instances": [[1]]}',
                      {**HEADERS, "Ce-Id": f"fill-{i}"})[0] for i in range(80)]  # fmt: skip

@@ -16,7 +16,7 @@ import pytest
 from shadowline.config import parse_config
 from shadowline.errors import WarehouseError
 from shadowline.warehouse import Warehouse
-from tests.conftest import free_port
+from tests.conftest import answered, free_port
 from tests.fixtures.rows import comparison
 
 pytestmark = pytest.mark.integration
@@ -241,7 +241,7 @@ def test_an_oversized_query_is_refused(owner, state):
     # refused from its Content-Length, before the 10 MB are read
     head = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000010\r\n\r\n"
     answer = raw(owner, head + b"SELECT '" + b"x" * 60_000)
-    assert answer.startswith(b"HTTP/1.1 413 ") and b"request body over" in answer
+    assert answered(answer) == 413 and b"request body over" in answer
     big_url = "/?query=" + "SELECT%201%20" + "%20" * 70_000
     status, _ = send(owner, "GET", big_url)
     assert status == 414
@@ -251,11 +251,11 @@ def test_an_oversized_query_is_refused(owner, state):
 @pytest.mark.parametrize(
     ("length", "status", "reason"),
     [
-        ("abc", 400, b"is not a byte count"),
-        ("-1", 400, b"is not a byte count"),
-        ("1e3", 400, b"is not a byte count"),
+        ("abc", 400, b"Content-Length"),
+        ("-1", 400, b"Content-Length"),
+        ("1e3", 400, b"Content-Length"),
         ("99999999999", 413, b"request body over"),
-        ("9" * 400, 400, b"is not a byte count"),
+        ("9" * 400, 400, b"Content-Length"),
     ],
 )
 def test_bad_content_length_gets_an_answer(owner, state, length, status, reason):
@@ -263,7 +263,7 @@ def test_bad_content_length_gets_an_answer(owner, state, length, status, reason)
         owner,
         f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n\r\nSELECT 1".encode(),
     )
-    assert answer.startswith(f"HTTP/1.1 {status} ".encode()) and reason in answer, answer[:300]
+    assert answered(answer) == status and reason in answer, answer[:300]
     alive(owner)
 
 
@@ -271,13 +271,15 @@ def test_chunked_bodies_are_read_and_malformed_ones_refused(owner, state):
     good = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
     good += b"Connection: close\r\n\r\n7\r\nSELECT \r\n2\r\n42\r\n0\r\n\r\n"
     answer = raw(owner, good)
-    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n42\n"), answer
+    assert answered(answer) == 200 and answer.endswith(b"\r\n\r\n42\n"), answer
     bad = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n"
     answer = raw(owner, bad)
-    assert answer.startswith(b"HTTP/1.1 400 ") and b"chunk size" in answer
-    huge = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffff\r\n"
-    answer = raw(owner, huge)
-    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert answered(answer) == 400 and b"chunk size" in answer
+    # chunks past the limit: refused once the limit is passed, the rest never read
+    huge = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = b"10000\r\n" + b"-" * 0x10000 + b"\r\n"
+    answer = raw(owner, huge + chunk * 200)
+    assert answered(answer) == 413 and b"request body over" in answer
     alive(owner)
 
 
@@ -296,7 +298,7 @@ def test_binary_bodies_methods_paths_and_hosts(owner, state):
     assert status == 200
     many = "".join(f"X-H{i}: v\r\n" for i in range(80))
     answer = raw(owner, f"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n{many}\r\n".encode())
-    assert answer.startswith(b"HTTP/1.1 431 ") and b"more than 64 headers" in answer
+    assert answered(answer) == 431 and b"more than 64 headers" in answer
     alive(owner)
 
 
