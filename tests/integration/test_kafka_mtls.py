@@ -5,13 +5,13 @@ an encrypted key; a client without a certificate is refused."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from shadowline import Mirror, broker
 from shadowline.config import parse_config
+from tests import tls
 from tests.conftest import free_port
 from tests.integration.helpers import rows, start_pipeline, wait_for
 
@@ -25,30 +25,10 @@ EXPERIMENT = {
 }
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-
-
 def make_certificates(d: Path) -> None:
     """A CA, a broker certificate for 127.0.0.1 and a client certificate with an
     AES-encrypted key, all PEM."""
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.pem", "-days", "2", "-subj", "/CN=shadowline-test-ca", cwd=d)  # fmt: skip
-    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-            "server.csr", "-subj", "/CN=localhost", cwd=d)  # fmt: skip
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext",
-            cwd=d)  # fmt: skip
-    openssl("genpkey", "-algorithm", "RSA", "-out", "client.key", "-aes256", "-pass",
-            f"pass:{KEY_PASSWORD}", cwd=d)  # fmt: skip
-    openssl("req", "-new", "-key", "client.key", "-passin", f"pass:{KEY_PASSWORD}", "-out",
-            "client.csr", "-subj", "/CN=shadowline-client", cwd=d)  # fmt: skip
-    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "client.crt", "-days", "2", "-extfile", "client.ext",
-            cwd=d)  # fmt: skip
+    tls.make_certificates(d, KEY_PASSWORD)
     # the broker's PEM keystore: its key, then its certificate
     (d / "server.pem").write_text((d / "server.key").read_text() + (d / "server.crt").read_text())
 
