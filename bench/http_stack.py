@@ -50,6 +50,8 @@ class Bounded(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+    def handle_error(self, request, client_address):
+        pass  # vegeta's closed connections at the end of a rate: not this bench's output
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
