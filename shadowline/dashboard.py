@@ -71,14 +71,7 @@ def index_page(config: Config, refresh_s: int) -> str:
 
 def experiment_page(config: Config, name: str, window_s: float | None, refresh_s: int) -> str:
     """One experiment: the report's content, refreshing itself."""
-    import matplotlib.pyplot as plt
-
-    data = report.build(config, name, window_s)
-    try:
-        page = report.to_html(data)
-    finally:
-        for _, fig in data["figures"]:
-            plt.close(fig)
+    page = report.to_html(report.build(config, name, window_s))
     head = (
         f"<meta http-equiv='refresh' content='{refresh_s}'>"
         "<p><a href='/'>&larr; all experiments</a></p>"

@@ -27,7 +27,7 @@ EXTRAS = {
 _MODULES = {
     "pipeline": (
         "faust", "mode", "clickhouse_connect", "chdb", "cramjam", "tqdm", "numpy", "sklearn",
-        "joblib", "matplotlib", "rapidfuzz", "aiohttp",
+        "joblib", "rapidfuzz", "aiohttp",
     ),
     "text": ("wordllama",),
     "mlflow": ("mlflow",),

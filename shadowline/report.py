@@ -1,53 +1,26 @@
 """``shadowline report``: one file to attach to a rollout decision.
 
 HTML (default): self-contained (plots inlined as SVG, no external assets), so it opens
-offline. Markdown (``--format md``): the same content with PNG plots written next to
-it, for a pull request. Content: the gate verdict with every rule, plots over time from
-the dashboard views, the rollout history, and the most divergent requests.
+offline. Markdown (``--format md``): the same content with SVG plots written next to
+it, for a pull request (GitHub and GitLab show them). Content: the gate verdict with
+every rule, plots over time from the dashboard views, the rollout history, and the
+most divergent requests.
 """
 
 from __future__ import annotations
 
 import html
-import io
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shadowline import gates
+from shadowline import charts, gates
 from shadowline.config import SERVED_MODES, Config
 from shadowline.warehouse import Warehouse, named_query
 
 
-def _plot(series: dict[str, list[tuple[Any, float]]], title: str, ylabel: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # Text as SVG text, not glyph outlines: pages are smaller and draw in half the time.
-    matplotlib.rcParams["svg.fonttype"] = "none"
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 2.8), dpi=100)
-    for name, points in sorted(series.items()):
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o" if len(points) < 3 else None, label=name)
-    xs_all = [x for points in series.values() for x, _ in points]
-    if xs_all and min(xs_all) == max(xs_all):
-        # One minute of data: centre it in a ten-minute frame, not a span of years.
-        from datetime import timedelta
-
-        ax.set_xlim(min(xs_all) - timedelta(minutes=5), max(xs_all) + timedelta(minutes=5))
-    ax.set_title(title, fontsize=10)
-    ax.set_ylabel(ylabel, fontsize=9)
-    ax.grid(alpha=0.3)
-    if series:
-        # a fixed corner and fixed margins: "best" and tight_layout each draw the figure
-        # once more to measure it, which made plotting most of a page's time
-        ax.legend(fontsize=8, loc="upper left")
-    fig.autofmt_xdate()
-    fig.subplots_adjust(left=0.1, right=0.98, top=0.9, bottom=0.24)
-    return fig
+def _plot(series: dict[str, list[tuple[Any, float]]], title: str, ylabel: str) -> str:
+    return charts.line_chart(series, title, ylabel)
 
 
 def _series(
@@ -88,7 +61,7 @@ def md(value: Any, limit: int = SHOWN_CHARS) -> str:
 
 def _figures(
     wh: Warehouse, experiment: str, served: bool, since: Any, until: Any
-) -> list[tuple[str, Any]]:
+) -> list[tuple[str, str]]:
     params = {"e": experiment, "s": since.replace(tzinfo=None), "u": until.replace(tzinfo=None)}
     window = (
         "experiment = {e:String} AND minute >= {s:DateTime64(3)} AND minute < {u:DateTime64(3)}"
@@ -251,13 +224,6 @@ def _since(t: datetime) -> str:
     return "the beginning" if t <= gates.EPOCH else t.isoformat()
 
 
-def _svg(fig: Any) -> str:
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg")
-    text = buf.getvalue()
-    return text[text.index("<svg") :]
-
-
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
@@ -317,9 +283,7 @@ def to_html(data: dict[str, Any]) -> str:
         "<h2>Over time</h2>",
     ]
     for title, fig in data["figures"]:
-        parts.append(
-            f"<figure class='plot'><figcaption>{esc(title)}</figcaption>{_svg(fig)}</figure>"
-        )
+        parts.append(f"<figure class='plot'><figcaption>{esc(title)}</figcaption>{fig}</figure>")
     parts.append("<h2>Rollout history</h2>")
     if data["history"]:
         parts.append(
@@ -381,7 +345,7 @@ def to_html(data: dict[str, Any]) -> str:
 
 
 def to_markdown(data: dict[str, Any], out: Path) -> str:
-    """Markdown with PNG plots written to ``<out stem>_files/`` beside it."""
+    """Markdown with SVG plots written to ``<out stem>_files/`` beside it."""
     g = data["gates"]
     assets = out.parent / f"{out.stem}_files"
     assets.mkdir(parents=True, exist_ok=True)
@@ -398,8 +362,8 @@ def to_markdown(data: dict[str, Any], out: Path) -> str:
     lines += ["| " + " | ".join(md(c) for c in r) + " |" for r in _rule_rows(data)]
     lines.append("")
     for i, (title, fig) in enumerate(data["figures"]):
-        name = f"plot{i + 1}.png"
-        fig.savefig(assets / name, format="png")
+        name = f"plot{i + 1}.svg"
+        (assets / name).write_text(fig, encoding="utf-8")
         lines += [f"![{title}]({assets.name}/{name})", ""]
     lines += ["## Rollout history", ""]
     if data["history"]:
@@ -439,14 +403,8 @@ def write(
     config: Config, experiment: str, out: Path, fmt: str = "html", window_s: float | None = None
 ) -> Path:
     """Build and write the report; returns the path written."""
-    import matplotlib.pyplot as plt
-
     data = build(config, experiment, window_s)
-    try:
-        text = to_html(data) if fmt == "html" else to_markdown(data, out)
-    finally:
-        for _, fig in data["figures"]:
-            plt.close(fig)
+    text = to_html(data) if fmt == "html" else to_markdown(data, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return out

@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 import tomli_w
@@ -376,9 +377,13 @@ def test_report_html_is_self_contained_and_markdown_has_its_plots(gated: tuple[P
     assert proc.returncode == 0, proc.stderr
     text = md.read_text()
     assert text.startswith("# Experiment exp: FAIL")
-    pngs = sorted((path.parent / "report_files").glob("*.png"))
-    assert len(pngs) >= 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
-    assert all(f"report_files/{p.name}" in text for p in pngs)
+    svgs = sorted((path.parent / "report_files").glob("*.svg"))
+    assert len(svgs) >= 4 and all(f"report_files/{p.name}" in text for p in svgs)
+    # each a standalone SVG document (as GitHub shows an image) with its lines drawn
+    ns = "{http://www.w3.org/2000/svg}"
+    drawn = [ElementTree.parse(p).getroot() for p in svgs]
+    assert all(root.tag == f"{ns}svg" for root in drawn)
+    assert sum(len(root.findall(f"{ns}polyline")) for root in drawn) >= 4
 
 
 def test_dashboard_lists_experiments_and_serves_their_pages(gated: tuple[Path, Any]) -> None:
