@@ -464,7 +464,7 @@ def _serve_until_interrupted(server: Any, banner: str) -> None:
 def report_cmd(
     config_path: str, experiment: str, output: str, fmt: str, window: str | None
 ) -> None:
-    """Write a report: self-contained HTML, or Markdown with PNG plots beside it."""
+    """Write a report: self-contained HTML, or Markdown with SVG plots beside it."""
     from shadowline import gates, report
 
     path = report.write(
