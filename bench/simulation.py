@@ -345,6 +345,42 @@ def clicks(
     return out
 
 
+def interleaving_bound(
+    click_model: str,
+    seed: int,
+    rankers: Rankers = Rankers(),  # noqa: B008  frozen, never mutated
+    queries: int = 20_000,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """The fewest queries any sequential test of team-draft outcomes could need, on
+    average, to fail the worse ranker at ``alpha``: Wald's approximation for a test that
+    knows the true win share in advance, log(1/alpha) / (KL per query), KL per query being
+    the non-tie share times KL(Bernoulli(win share) || Bernoulli(1/2)). Estimated from
+    ``queries`` simulated queries. No real test does better on average, so A/B's median
+    over this bound is the largest ratio team-draft can show under this click model."""
+    from shadowline.interleave import team_draft
+
+    rng = np.random.default_rng(seed)
+    wins = losses = 0
+    for q in range(queries):
+        attract, prod, cand = _query(rng, rankers)
+        merged, teams = team_draft({"p": prod, "c": cand}, seed * 1_000_003 + q)
+        got = clicks(click_model, attract, merged[:LIST_LENGTH], rng)
+        c = sum(teams[pos] == "c" for pos in got)
+        wins += c > len(got) - c
+        losses += len(got) - c > c
+    decided = wins + losses
+    share = wins / decided
+    kl = share * math.log(2 * share) + (1 - share) * math.log(2 * (1 - share))
+    per_query = decided / queries * kl
+    return {
+        "non_tie_share": decided / queries,
+        "candidate_win_share": share,
+        "kl_per_query": per_query,
+        "oracle_queries": math.log(1 / alpha) / per_query if per_query > 0 else math.inf,
+    }
+
+
 def interleaving_power(
     click_model: str,
     runs: int,
@@ -396,7 +432,10 @@ def interleaving_power(
         ab_n.append(found)
     med_i = float(np.quantile(inter_n, 0.5, method="inverted_cdf"))
     med_ab = float(np.quantile(ab_n, 0.5, method="inverted_cdf"))
+    bound = interleaving_bound(click_model, seed, rankers)
     return {
+        **bound,
+        "largest_possible_ratio": med_ab / bound["oracle_queries"],
         "click_model": click_model,
         "runs": runs,
         "interleaving_median_queries": med_i,

@@ -167,3 +167,15 @@ def test_interleaving_needs_fewer_queries_than_ab_to_fail_the_worse_ranker() -> 
         result = sim.interleaving_power(model, runs=6, seed=2, max_queries=50_000)
         assert result["interleaving_caught_share"] == 1.0, result
         assert result["ab_median_queries"] > 2 * result["interleaving_median_queries"], result
+
+
+def test_the_interleaving_bound_is_below_the_sign_tests_queries_and_infinite_for_twins() -> None:
+    # no test can beat an oracle that knows the win share: the gate's sign test needs
+    # more queries on average (it learns the share as it goes)
+    result = sim.interleaving_power("pbm", runs=20, seed=3, max_queries=50_000)
+    assert 0.3 < result["candidate_win_share"] < 0.45, result
+    assert result["oracle_queries"] < result["interleaving_median_queries"] * 1.5, result
+    assert result["largest_possible_ratio"] > result["ab_over_interleaving"] * 0.5, result
+    twins = sim.interleaving_bound("pbm", seed=3, rankers=sim.Rankers(0.3, 0.3), queries=4000)
+    assert abs(twins["candidate_win_share"] - 0.5) < 0.03
+    assert twins["oracle_queries"] > 20 * result["oracle_queries"]
