@@ -362,8 +362,11 @@ def interleaving_bound(
 
     rng = np.random.default_rng(seed)
     wins = losses = 0
+    p_click = np.empty(queries)  # production's chance of a click, per query
     for q in range(queries):
         attract, prod, cand = _query(rng, rankers)
+        seen = attract[prod] / (np.arange(len(prod)) + 1) if click_model == "pbm" else attract[prod]
+        p_click[q] = 1 - np.prod(1 - seen)
         merged, teams = team_draft({"p": prod, "c": cand}, seed * 1_000_003 + q)
         got = clicks(click_model, attract, merged[:LIST_LENGTH], rng)
         c = sum(teams[pos] == "c" for pos in got)
@@ -373,7 +376,13 @@ def interleaving_bound(
     share = wins / decided
     kl = share * math.log(2 * share) + (1 - share) * math.log(2 * (1 - share))
     per_query = decided / queries * kl
+    mean = float(p_click.mean())
     return {
+        # how much of an A/B click rate's variance is queries differing from each other
+        # (which a comparison within each query cancels), the rest being each click's own
+        "click_probability_mean": mean,
+        "click_probability_sd": float(p_click.std()),
+        "between_query_variance_share": float(p_click.var()) / (mean * (1 - mean)),
         "non_tie_share": decided / queries,
         "candidate_win_share": share,
         "kl_per_query": per_query,
