@@ -25,8 +25,12 @@ An HTTP status of 400 or more, a body that is not the protocol's, or a batch the
 server answers with the wrong number of rows raises ``RemoteModelError`` with the
 server's reason; the worker then re-runs the batch one input at a time, so only the
 inputs at fault are recorded as errors. Connections are pooled (one pool per
-candidate, as many connections as its call slots); nothing is retried behind the
-caller's back, so a recorded latency is one call's.
+candidate, as many connections as its call slots). Nothing is retried behind the
+caller's back but one case: a pooled keep-alive connection that the server had
+already closed or reset (its idle timeout, or after answering an error) fails the
+moment it is used, without an answer; that call is sent once more on a new
+connection, because the input is not at fault and inference does not change state.
+The recorded latency then includes the failed attempt (a few milliseconds).
 """
 
 from __future__ import annotations
@@ -247,6 +251,15 @@ class RemoteModel:
         self._pool = urllib3.PoolManager(
             num_pools=4, maxsize=max_connections, block=True, retries=False
         )
+        # a connection closed or reset under the request (no answer came): not a read
+        # timeout, which is urllib3's ReadTimeoutError and is never sent again
+        self._dropped = urllib3.exceptions.ProtocolError
+
+    def _send(self, payload: bytes) -> Any:
+        return self._pool.request(
+            "POST", self.ref.url, body=payload, headers=self._headers,
+            timeout=self._timeout, preload_content=True, redirect=False,
+        )  # fmt: skip
 
     def _rows(self, item: dict[str, Any], i: int) -> list[Any]:
         if self.ref.features is not None:
@@ -298,10 +311,12 @@ class RemoteModel:
     def predict_batch(self, inputs: Sequence[dict[str, Any]]) -> list[Any]:
         v2 = self.ref.protocol == "v2"
         body, rows = self._v2_body(inputs) if v2 else self._v1_body(inputs)
-        resp = self._pool.request(
-            "POST", self.ref.url, body=orjson.dumps(body), headers=self._headers,
-            timeout=self._timeout, preload_content=True, redirect=False,
-        )  # fmt: skip
+        payload = orjson.dumps(body)
+        try:
+            resp = self._send(payload)
+        except self._dropped:
+            # the pool has discarded the dead connection: this opens a new one
+            resp = self._send(payload)
         data = resp.data
         if resp.status >= 400:
             raise RemoteModelError(

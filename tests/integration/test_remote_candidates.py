@@ -151,7 +151,7 @@ def test_a_candidate_on_mlserver_is_paired_with_production(
             assert "RemoteModelError: HTTP 500 from" in r["candidate_error"], r
         else:
             # the same model on both sides: every answered request agrees
-            assert (r["status"], r["agree"]) == ("matched", 1), r
+            assert (r["status"], r["agree"]) == ("matched", 1), (rid, r["candidate_error"])
             assert r["candidate_latency_ms"] > 0, r
     probes = [r for r in got if r["candidate_timing"] == "request" and r["request_id"] not in bad]
     assert probes, "latency probes are timed on one request each"
