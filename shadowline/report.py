@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shadowline import charts, gates
-from shadowline.config import SERVED_MODES, Config
+from shadowline.config import IN_PROCESS_MODES, SERVED_MODES, Config, ExperimentConfig
 from shadowline.warehouse import Warehouse, named_query
 
 
@@ -60,8 +60,9 @@ def md(value: Any, limit: int = SHOWN_CHARS) -> str:
 
 
 def _figures(
-    wh: Warehouse, experiment: str, served: bool, since: Any, until: Any
+    wh: Warehouse, experiment: str, exp: ExperimentConfig, since: Any, until: Any
 ) -> list[tuple[str, str]]:
+    served = exp.mode in SERVED_MODES
     params = {"e": experiment, "s": since.replace(tzinfo=None), "u": until.replace(tzinfo=None)}
     window = (
         "experiment = {e:String} AND minute >= {s:DateTime64(3)} AND minute < {u:DateTime64(3)}"
@@ -117,10 +118,15 @@ def _figures(
         title = "Output drift: share of each predicted label"
         out.append((title, _plot(drift, title, "share")))
         # Noise cancellation (experiments with a secondary): the candidates' excess.
-        excess = wh.query(
-            "SELECT minute, candidate_model, excess_disagreement, excess_divergence "
-            "FROM excess_divergence_minutely WHERE " + window + " ORDER BY minute",
-            params,
+        # Asked only of those: each view reads the experiment's rows again.
+        excess = (
+            []
+            if exp.secondary is None
+            else wh.query(
+                "SELECT minute, candidate_model, excess_disagreement, excess_divergence "
+                "FROM excess_divergence_minutely WHERE " + window + " ORDER BY minute",
+                params,
+            )
         )
         for column, title in (
             ("excess_disagreement", "Disagreement in excess of production vs secondary"),
@@ -129,11 +135,15 @@ def _figures(
             series = _series(excess, column, lambda r: r["candidate_model"])
             if series:
                 out.append((title, _plot(series, title, "excess")))
-        duels = wh.query(
-            "SELECT minute, candidate_model, wins, losses FROM interleave_minutely WHERE "
-            + window
-            + " ORDER BY minute",
-            params,
+        duels = (
+            []
+            if exp.mode not in IN_PROCESS_MODES
+            else wh.query(
+                "SELECT minute, candidate_model, wins, losses FROM interleave_minutely WHERE "
+                + window
+                + " ORDER BY minute",
+                params,
+            )
         )
         if duels:
             title = "Interleaving: wins and losses against production per minute"
@@ -172,7 +182,7 @@ def build(
             report = gates.evaluate(wh, exp, window_s=window_s)
             runs = backtest.judge_stored(wh, exp)
         served = exp.mode in SERVED_MODES
-        figures = _figures(wh, experiment, served, report.since, report.until)
+        figures = _figures(wh, experiment, exp, report.since, report.until)
         history = wh.query(
             "SELECT event_time, version, step, weight, verdict, reason FROM rollout_timeline "
             "WHERE experiment = {e:String} ORDER BY version DESC LIMIT 50",

@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from shadowline import Interleave, Mirror
+from shadowline import Interleave, Mirror, report
 from shadowline.envelopes import now_ms
 from shadowline.gates import evaluate
 from shadowline.warehouse import Warehouse
@@ -186,3 +186,9 @@ def test_team_draft_interleaving_picks_the_better_ranker_and_no_aa_winner(
     }
     OUTPUT.mkdir(parents=True, exist_ok=True)
     (OUTPUT / "interleave.json").write_text(json.dumps(summary, indent=2))
+
+    # The report and the dashboard plot the duels; an experiment of another mode has no
+    # such panel.
+    titles = [title for title, _ in report.build(config, "rankers")["figures"]]
+    assert "Interleaving: wins and losses against production per minute" in titles
+    assert not any("excess" in t for t in titles)  # no secondary configured

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shadowline import Mirror
+from shadowline import Mirror, report
 from shadowline.config import Config
 from shadowline.gates import evaluate
 from shadowline.warehouse import Warehouse
@@ -93,3 +93,7 @@ def test_secondary_cancels_production_noise_but_not_a_real_difference(
     without = _verdicts(config, exp.model_copy(update={"secondary": None}))
     assert without["same"]["rules"]["min_agreement"].outcome == "fail"
     assert without["same"]["verdict"] == "fail"
+
+    # The report and the dashboard plot each candidate's excess over the baseline.
+    titles = [title for title, _ in report.build(config, exp.name)["figures"]]
+    assert "Disagreement in excess of production vs secondary" in titles
