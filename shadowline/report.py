@@ -19,10 +19,6 @@ from shadowline.config import IN_PROCESS_MODES, SERVED_MODES, Config, Experiment
 from shadowline.warehouse import Warehouse, named_query
 
 
-def _plot(series: dict[str, list[tuple[Any, float]]], title: str, ylabel: str) -> str:
-    return charts.line_chart(series, title, ylabel)
-
-
 def _series(
     rows: list[dict[str, Any]], column: str, name: Any
 ) -> dict[str, list[tuple[Any, float]]]:
@@ -99,7 +95,7 @@ def _figures(
         ]
     for column, title, unit in specs:
         series = _series(rows, column, lambda r: str(r[key]))
-        out.append((title, _plot(series, title, unit)))
+        out.append((title, charts.line_chart(series, title, unit)))
     if not served:
         # Bounded however many labels there are and however long: the TOP_LABELS most
         # frequent, the rest as "other", each name cut (with a hash, so two long labels
@@ -116,7 +112,7 @@ def _figures(
         )
         drift = _series(shares, "share", lambda r: r["series"])
         title = "Output drift: share of each predicted label"
-        out.append((title, _plot(drift, title, "share")))
+        out.append((title, charts.line_chart(drift, title, "share")))
         # Noise cancellation (experiments with a secondary): the candidates' excess.
         # Asked only of those: each view reads the experiment's rows again.
         excess = (
@@ -134,7 +130,7 @@ def _figures(
         ):
             series = _series(excess, column, lambda r: r["candidate_model"])
             if series:
-                out.append((title, _plot(series, title, "excess")))
+                out.append((title, charts.line_chart(series, title, "excess")))
         duels = (
             []
             if exp.mode not in IN_PROCESS_MODES
@@ -150,7 +146,7 @@ def _figures(
             series = {}
             for column in ("wins", "losses"):
                 series |= _series(duels, column, lambda r, c=column: f"{r['candidate_model']} {c}")
-            out.append((title, _plot(series, title, "requests")))
+            out.append((title, charts.line_chart(series, title, "requests")))
     weights = wh.query(
         "SELECT event_time, weight FROM rollout_timeline WHERE experiment = {e:String} "
         "AND event_time >= {s:DateTime64(3)} AND event_time < {u:DateTime64(3)} ORDER BY version",
@@ -158,7 +154,8 @@ def _figures(
     )
     if weights:
         series = {"candidate weight": [(r["event_time"], float(r["weight"])) for r in weights]}
-        out.append(("Rollout weight", _plot(series, "Rollout weight of the candidate", "share")))
+        title = "Rollout weight of the candidate"
+        out.append(("Rollout weight", charts.line_chart(series, title, "share")))
     return out
 
 
