@@ -289,6 +289,7 @@ class Prediction(_Envelope):
     event_time: int
     error: str | None = None
     timing: str = REQUEST
+    unit_id: str | None = None
 
     @classmethod
     def _from_record(cls, rec: dict[str, Any], natural: bool) -> Prediction:
@@ -310,6 +311,7 @@ class Prediction(_Envelope):
             event_time=_event_ms(rec),
             error=error,
             timing=_choice(rec, "timing", TIMINGS) if rec.get("timing") is not None else REQUEST,
+            unit_id=_str(rec, "unit_id", max_len=MAX_ID_LEN, optional=True),
         )
 
     def _avro_record(self) -> dict[str, Any]:
@@ -323,6 +325,7 @@ class Prediction(_Envelope):
             "error": self.error,
             "event_time": self.event_time,
             "timing": self.timing,
+            "unit_id": self.unit_id,
         }
 
     def _json_record(self) -> dict[str, Any]:

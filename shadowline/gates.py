@@ -244,8 +244,10 @@ def context(experiment: ExperimentConfig) -> Context:
 
 
 def _shown(fig: dict[str, Any]) -> dict[str, Any]:
-    # The largest latencies feed the p99 bounds; a report shows the quantiles instead.
-    return {k: v for k, v in fig.items() if not k.endswith("_top_ms")}
+    # The largest latencies feed the p99 bounds and the per-unit sums the design
+    # effect; a report shows the quantiles and the rule details instead.
+    hidden = ("_top_ms", "_sq", "_cross")
+    return {k: v for k, v in fig.items() if not k.endswith(hidden)}
 
 
 def _interleave_outcomes(
@@ -325,6 +327,8 @@ def _evaluate_arms(
             "candidate_model": name,
             "pairs": arm.get("requests", 0),
             "candidate_errors": arm.get("errors", 0),
+            "candidate_requests": arm.get("requests", 0),
+            **{f"candidate_{k}": arm[k] for k in _UNIT_SUMS if k in arm},
             "candidate_latencies": arm.get("requests", 0),
             "candidate_p50_ms": arm.get("p50_ms"),
             "candidate_p95_ms": arm.get("p95_ms"),
@@ -334,6 +338,8 @@ def _evaluate_arms(
             "production_requests": prod.get("requests", 0),
             "production_errors": prod.get("errors", 0),
             "production_latencies": prod.get("requests", 0),
+            "production_units": prod.get("units"),
+            "production_most_requests_per_unit": prod.get("most_requests_per_unit"),
             "production_p50_ms": prod.get("p50_ms"),
             "production_p99_ms": prod.get("p99_ms"),
             "production_top_ms": prod.get("top_ms") or [],
@@ -385,6 +391,15 @@ def _feature_rule(
     )  # fmt: skip
 
 
+# Per-unit sums of each arm (arm_figures.sql, arm_feedback.sql): the rules derive from
+# them how much outcomes go together within a unit.
+_UNIT_SUMS = ("units", "most_requests_per_unit", "errors_sq", "errors_cross", "requests_sq")
+_FEEDBACK_UNIT_SUMS = (
+    "units", "converted_sq", "converted_cross", "requests_sq", "correct_sq", "correct_cross",
+    "labelled_sq",
+)  # fmt: skip
+
+
 def _wants_feedback(gates: GateConfig) -> bool:
     return gates.max_accuracy_drop is not None or gates.max_conversion_rate_drop is not None
 
@@ -413,6 +428,9 @@ def _arm_feedback(
         "production_converted": prod.get("converted", 0),
         "production_accuracy": prod.get("accuracy"),
         "production_conversion_rate": prod.get("conversion_rate"),
+        "candidate_labelled": cand.get("labelled", 0),
+        **{f"candidate_{k}": cand[k] for k in _FEEDBACK_UNIT_SUMS if k in cand},
+        **{f"production_{k}": prod[k] for k in _FEEDBACK_UNIT_SUMS if k in prod},
     }
 
 

@@ -159,11 +159,20 @@ def judge(
     ]  # fmt: skip
     errors = int(figures.get("candidate_errors") or 0)
     if gates.max_error_rate is not None:
-        result = stats.rate_test(errors, pairs, gates.max_error_rate, a, fail_alpha=fa)
-        rules.append(
-            sequential("max_error_rate", result, errors / pairs if pairs else None,
-                       gates.max_error_rate)
+        # Errors that go together within a unit (a bot, a broken client) are fewer
+        # independent draws than requests: the counts are divided by the design effect.
+        own = unit_sums(figures, "candidate_errors", "pairs") or unit_sums(
+            figures, "errors", "requests", "candidate_"
+        )
+        effect = stats.design_effect(own)
+        result = stats.rate_test(
+            errors / effect, pairs / effect, gates.max_error_rate, a, fail_alpha=fa
+        )
+        rule = sequential(
+            "max_error_rate", replace(result, n=pairs), errors / pairs if pairs else None,
+            gates.max_error_rate,
         )  # fmt: skip
+        rules.append(_per_unit_note(rule, effect, own))
     if gates.max_error_rate_increase is not None:
         rules.append(_error_increase(gates.max_error_rate_increase, figures, production, a, fa))
     rules += _latency_rules(gates, figures, a, fa)
@@ -201,18 +210,54 @@ def _error_increase(
     p_err = int(production.get("errors") or 0)
     if n_p == 0:
         return sequential("max_error_rate_increase", _empty(), None, limit)
-    d, v = stats.independent_rate_difference(c_err, pairs, p_err, n_p)
+    c_units = unit_sums(figures, "errors", "requests", "candidate_")
+    p_units = unit_sums(production, "errors", "requests")
+    c_eff, p_eff = stats.design_effect(c_units), stats.design_effect(p_units)
+    d, v = stats.independent_rate_difference(c_err, pairs, p_err, n_p, c_eff, p_eff)
     # Fail: among all errors, the candidate arm's share is above its share of traffic
     # (exact for rare errors: each error's arm is a coin weighted by traffic if the
-    # arms err alike). Pass: mSPRT on the difference (asymptotic).
+    # arms err alike). Errors that come in clumps from one unit are one coin, not
+    # many: the counts are divided by the arms' pooled design effect. Pass: mSPRT on
+    # the difference (asymptotic).
+    pooled = stats.design_effect(c_units, p_units)
     share = pairs / (pairs + n_p)
     fail = (
-        stats.rate_test(c_err, c_err + p_err, share, a, fail_alpha=fa)
+        stats.rate_test(c_err / pooled, (c_err + p_err) / pooled, share, a, fail_alpha=fa)
         if c_err + p_err
         else _empty()
     )
     passing = stats.difference_test(d, v, limit, a, pairs, fail_alpha=fa)
-    return sequential("max_error_rate_increase", _both(fail, passing, d, pairs), d, limit)
+    rule = sequential("max_error_rate_increase", _both(fail, passing, d, pairs), d, limit)
+    return _per_unit_note(rule, pooled, c_units, p_units)
+
+
+def unit_sums(
+    fig: dict[str, Any], events: str, trials: str, prefix: str = ""
+) -> stats.UnitSums | None:
+    """An arm's per-unit sums from its figures: ``arm_figures.sql`` and
+    ``arm_feedback.sql`` name them ``units``, ``<events>_sq``, ``<events>_cross`` and
+    ``<trials>_sq``, each key here with ``prefix`` before it. None when there are none
+    (the rules then count every trial as independent)."""
+    units = fig.get(f"{prefix}units")
+    if units is None:
+        return None
+    return stats.UnitSums(
+        float(fig.get(f"{prefix}{events}") or 0), float(fig.get(f"{prefix}{trials}") or 0),
+        int(units), float(fig.get(f"{prefix}{events}_sq") or 0),
+        float(fig.get(f"{prefix}{events}_cross") or 0),
+        float(fig.get(f"{prefix}{trials}_sq") or 0),
+    )  # fmt: skip
+
+
+def _per_unit_note(rule: RuleResult, effect: float, *arms: stats.UnitSums | None) -> RuleResult:
+    if effect <= 1.0:
+        return rule
+    units = sum(s.units for s in arms if s is not None)
+    return replace(
+        rule,
+        detail=f"{rule.detail}; outcomes go together within units: evidence divided by "
+        f"the design effect {effect:.3g} ({units} units)",
+    )
 
 
 def _count_above(top: list[float], threshold: float) -> int:
@@ -387,23 +432,31 @@ def _feedback_rules(
             test = stats.paired_difference_test(n, p_only, c_only, limit, a, fail_alpha=fa)
             out.append(sequential("max_accuracy_drop", test, (p_only - c_only) / n, limit))
         else:
+            p_units = unit_sums(fb, "correct", "labelled", "production_")
+            c_units = unit_sums(fb, "correct", "labelled", "candidate_")
+            p_eff, c_eff = stats.design_effect(p_units), stats.design_effect(c_units)
             drop, v = stats.independent_rate_difference(
                 int(fb.get("production_correct") or 0), int(fb.get("production_labelled") or 0),
-                int(fb.get("candidate_correct") or 0), n,
+                int(fb.get("candidate_correct") or 0), n, p_eff, c_eff,
             )  # fmt: skip
             test = stats.difference_test(drop, v, limit, a, n, fail_alpha=fa)
-            out.append(sequential("max_accuracy_drop", test, num(drop), limit))
+            rule = sequential("max_accuracy_drop", test, num(drop), limit)
+            out.append(_per_unit_note(rule, max(p_eff, c_eff), p_units, c_units))
     if gates.max_conversion_rate_drop is not None and not paired:
         # Shadow traffic never reaches users, so conversions exist only for served arms.
         n = int(fb.get("candidate_requests") or 0)
+        p_units = unit_sums(fb, "converted", "requests", "production_")
+        c_units = unit_sums(fb, "converted", "requests", "candidate_")
+        p_eff, c_eff = stats.design_effect(p_units), stats.design_effect(c_units)
         drop, v = stats.independent_rate_difference(
             int(fb.get("production_converted") or 0), int(fb.get("production_requests") or 0),
-            int(fb.get("candidate_converted") or 0), n,
+            int(fb.get("candidate_converted") or 0), n, p_eff, c_eff,
         )  # fmt: skip
         test = stats.difference_test(drop, v, gates.max_conversion_rate_drop, a, n, fail_alpha=fa)
-        out.append(
-            sequential("max_conversion_rate_drop", test, num(drop), gates.max_conversion_rate_drop)
+        rule = sequential(
+            "max_conversion_rate_drop", test, num(drop), gates.max_conversion_rate_drop
         )
+        out.append(_per_unit_note(rule, max(p_eff, c_eff), p_units, c_units))
     return out
 
 

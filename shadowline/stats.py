@@ -68,7 +68,7 @@ def log_mixture_lr_path(
     return top + np.log(np.exp(log_lr - top[:, None]).sum(axis=1))
 
 
-def _log_mixture_lr(successes: int, n: int, p0: float, direction: int) -> float:
+def _log_mixture_lr(successes: float, n: float, p0: float, direction: int) -> float:
     """log of the mixture likelihood ratio of "rate is beyond p0 in ``direction``"
     (+1 above, -1 below) against "rate is p0"; a supermartingale under every rate on
     the other side of p0, so it tests the composite null."""
@@ -110,8 +110,8 @@ def _exp(x: float) -> float:
 
 
 def rate_test(
-    successes: int,
-    n: int,
+    successes: float,
+    n: float,
     threshold: float,
     alpha: float,
     fail_when: Literal["above", "below"] = "above",
@@ -122,7 +122,8 @@ def rate_test(
     ``fail_when="above"`` (error rates, slow-request shares): fail once the data show
     the rate is above the threshold, pass once they show it is below. ``"below"``
     (agreement): the other way round. Each verdict is wrong with probability at most
-    ``alpha`` however many times the test is repeated as data accumulate.
+    ``alpha`` however many times the test is repeated as data accumulate. Counts may
+    be fractional: effective counts, divided by a ``design_effect``.
     """
     if not 0 <= successes <= n:
         raise ValueError(f"successes must be within 0..n, got {successes} of {n}")
@@ -133,7 +134,8 @@ def rate_test(
     up = _log_mixture_lr(successes, n, threshold, +1)
     down = _log_mixture_lr(successes, n, threshold, -1)
     log_fail, log_pass = (up, down) if fail_when == "above" else (down, up)
-    return _result(log_fail, log_pass, alpha, fail_alpha, successes / n if n else math.nan, n)
+    estimate = successes / n if n else math.nan
+    return _result(log_fail, log_pass, alpha, fail_alpha, estimate, round(n))
 
 
 def _check_alpha(alpha: float, fail_alpha: float | None) -> float:
@@ -395,15 +397,59 @@ def difference_test(
                    estimate, n)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class UnitSums:
+    """One arm's outcome summed per assignment unit (user, session): ``events``
+    (errors, conversions, correct labels) over ``trials`` (requests, labels), and over
+    the units ``u`` the sums of ``e_u ** 2`` (``events_sq``), ``n_u * e_u``
+    (``cross``) and ``n_u ** 2`` (``trials_sq``)."""
+
+    events: float
+    trials: float
+    units: int
+    events_sq: float
+    cross: float
+    trials_sq: float
+
+
+def design_effect(*arms: UnitSums | None) -> float:
+    """How many times the arms' rates vary more than they would if every trial were an
+    independent draw: the squared residuals per unit around each arm's own rate (the
+    delta method's cluster-robust variance of a ratio), over the binomial variance,
+    pooled over ``arms``; at least 1, and 1 exactly when every unit has one trial.
+
+    The router assigns units, so when a unit's requests fail or convert together (a
+    bot, a broken client, a loyal buyer), counting requests overstates the evidence
+    by about this factor. An arm without unit sums (``None``) counts as independent.
+    """
+    resid = binomial = 0.0
+    for s in arms:
+        if s is None or s.trials <= 0:
+            continue
+        r = s.events / s.trials
+        resid += s.events_sq - 2 * r * s.cross + r * r * s.trials_sq
+        binomial += r * (1 - r) * s.trials
+    if binomial <= 0:
+        return 1.0
+    return max(1.0, resid / binomial)
+
+
 def independent_rate_difference(
-    events_a: int, n_a: int, events_b: int, n_b: int
+    events_a: int,
+    n_a: int,
+    events_b: int,
+    n_b: int,
+    effect_a: float = 1.0,
+    effect_b: float = 1.0,
 ) -> tuple[float, float]:
-    """Difference of rates a - b from two independent samples, and its variance."""
+    """Difference of rates a - b from two independent samples, and its variance
+    (each side's binomial variance times its ``design_effect``)."""
     if n_a == 0 or n_b == 0:
         return float("nan"), float("inf")
     pa = (events_a + 0.5) / (n_a + 1)
     pb = (events_b + 0.5) / (n_b + 1)
-    return events_a / n_a - events_b / n_b, pa * (1 - pa) / n_a + pb * (1 - pb) / n_b
+    var = effect_a * pa * (1 - pa) / n_a + effect_b * pb * (1 - pb) / n_b
+    return events_a / n_a - events_b / n_b, var
 
 
 def psi(expected: list[float], actual: list[float], floor: float = 1e-4) -> float:

@@ -324,6 +324,7 @@ class Mirror:
                 latency_ms=max(0.0, float(latency_ms)),
                 event_time=event_time,
                 error=error,
+                unit_id=unit_id,
             )
             key = request_id.encode()
             req_bytes, pred_bytes = req.encode(), pred.encode()

@@ -66,6 +66,7 @@ def named_query(name: str, database: str) -> str:
 
 SERVED_COLUMNS = (
     "event_time", "experiment", "request_id", "model", "output", "latency_ms", "error",
+    "unit_id",
 )  # fmt: skip
 ROLLOUT_COLUMNS = (
     "event_time", "experiment", "version", "step", "weights", "weight", "verdict", "reason",
@@ -89,7 +90,7 @@ def served_row(p: Prediction) -> list[Any]:
     """An arm's served prediction as a ``served`` row."""
     rec = p._avro_record()
     return [rec["event_time"], p.experiment, p.request_id, p.model, rec["output"],
-            p.latency_ms, p.error]  # fmt: skip
+            p.latency_ms, p.error, p.unit_id]  # fmt: skip
 
 
 def model_rows(config: Config) -> list[list[Any]]:

@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS {db}.served
     output       Nullable(String) COMMENT 'JSON',
     latency_ms   Float64,
     error        Nullable(String),
+    unit_id      Nullable(String) COMMENT 'assignment unit (user, session): the arm rules count units',
     failed       Bool MATERIALIZED error IS NOT NULL,
     inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3)
 )
@@ -18,7 +19,13 @@ PARTITION BY toYYYYMM(event_time)
 ORDER BY (experiment, request_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
-CREATE VIEW IF NOT EXISTS {db}.served_final AS
+-- Tables made before served rows carried their unit get the column; their rows read
+-- NULL and count as one unit each (what the arm rules assumed then). OR REPLACE: a view
+-- made by an earlier version fixed its columns when it was made, so it is made again.
+ALTER TABLE {db}.served
+    ADD COLUMN IF NOT EXISTS unit_id Nullable(String) AFTER error;
+
+CREATE OR REPLACE VIEW {db}.served_final AS
 SELECT *, failed FROM {db}.served FINAL;
 
 -- Every routing decision published on the control topic (canary steps, promotions,

@@ -95,6 +95,9 @@ def test_ab_split_with_feedback_is_judged_per_arm(
         assert 0.65 < arms["cand"]["accuracy"] < 0.75
         assert 0.86 < arms["prod"]["accuracy"] < 0.94
         assert arms["cand"]["conversion_rate"] < arms["prod"]["conversion_rate"]
+        # The tap's arm predictions carry the unit: each user is one unit of one arm.
+        assert sum(a["units"] for a in arms.values()) == 1500
+        assert arms["cand"]["requests_sq"] > arms["cand"]["requests"]  # users came back
         proc = subprocess.run(
             [sys.executable, "-m", "shadowline", "gate", "check", "-c", str(path), "split",
              "--json"],

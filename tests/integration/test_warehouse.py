@@ -193,3 +193,42 @@ def test_a_comparisons_table_from_before_timing_gets_the_column_and_keeps_its_ro
         )
     ]
     assert columns.index("candidate_timing") == columns.index("candidate_latency_ms") + 1
+
+
+def test_a_served_table_and_views_from_before_units_get_the_column(owner):
+    """A warehouse made before served rows carried their unit, its views made then too
+    (a view fixes its columns when made): the DDL adds the column and remakes the views,
+    and old rows count as units of their own."""
+    from shadowline.warehouse import ddl_statements
+
+    db = owner.database
+    statements = ddl_statements(db)
+    create = next(s for s in statements if "TABLE IF NOT EXISTS shadowline.served\n" in s)
+    old = "\n".join(line for line in create.splitlines() if "unit_id" not in line)
+    for view in ("served_minutely", "served_final", "comparisons_minutely", "comparisons_final"):
+        owner.command(f"DROP VIEW IF EXISTS {db}.{view}")
+    owner.command(f"DROP TABLE {db}.served")
+    owner.command(old)
+    owner.command(f"CREATE VIEW {db}.served_final AS SELECT *, failed FROM {db}.served FINAL")
+    owner.command(
+        f"CREATE VIEW {db}.comparisons_final AS SELECT * EXCEPT candidate_timing, "
+        f"production_failed, candidate_failed FROM {db}.comparisons FINAL"
+    )
+    t = now_ms()
+    cols = ["event_time", "experiment", "request_id", "model", "output", "latency_ms", "error"]
+    owner.insert("served", cols, [[t, "old-units", f"r{i}", "prod", "1", 1.0, None]
+                                  for i in range(3)])  # fmt: skip
+    for stmt in statements:  # what the sink does at start
+        owner.command(stmt)
+    got = owner.query(
+        f"SELECT request_id, unit_id FROM {db}.served_final WHERE experiment = 'old-units' "
+        "ORDER BY request_id"
+    )
+    assert got == [{"request_id": f"r{i}", "unit_id": None} for i in range(3)]
+    assert owner.query(f"SELECT count(candidate_timing) AS n FROM {db}.comparisons_final")
+    figures = owner.query(
+        named_query("arm_figures", db),
+        {"experiment": "old-units", "since": "2000-01-01 00:00:00",
+         "until": "2100-01-01 00:00:00", "latency_limit_ms": 0.0},
+    )  # fmt: skip
+    assert [(f["requests"], f["units"]) for f in figures] == [(3, 3)]

@@ -18,7 +18,24 @@ WITH
     timed AS (
         SELECT *, candidate_latency_ms IS NOT NULL AND candidate_timing = 'request' AS cand_timed
         FROM answered
-    )
+    ),
+    -- The candidate's errors summed per assignment unit (as in arm_figures.sql): the
+    -- absolute error rule derives from them how much more the rate varies than if
+    -- requests were independent. A request without a unit is a unit of its own.
+    per_unit AS (
+        SELECT candidate_model, toFloat64(count()) AS n, toFloat64(countIf(candidate_failed)) AS e
+        FROM answered
+        WHERE status NOT IN ('missing_candidate', 'missing_production', 'missing_both')
+        GROUP BY candidate_model, coalesce(nullIf(unit_id, ''), concat('\0request\0', request_id))
+    ),
+    units AS (
+        SELECT candidate_model, count() AS units, max(toUInt64(n)) AS most_requests_per_unit,
+               sum(e * e) AS candidate_errors_sq, sum(n * e) AS candidate_errors_cross,
+               sum(n * n) AS pairs_sq
+        FROM per_unit
+        GROUP BY candidate_model
+    ),
+    figures AS (
 SELECT
     candidate_model,
     any(production_model)                                                  AS production_model,
@@ -56,4 +73,9 @@ SELECT
     max(event_time)                                                        AS last_event
 FROM timed
 GROUP BY candidate_model
-ORDER BY candidate_model
+    )
+SELECT figures.*, units.units, units.most_requests_per_unit, units.candidate_errors_sq,
+       units.candidate_errors_cross, units.pairs_sq
+FROM figures
+LEFT JOIN units ON figures.candidate_model = units.candidate_model
+ORDER BY figures.candidate_model
