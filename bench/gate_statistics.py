@@ -59,6 +59,17 @@ def cases(requests: int) -> tuple[list[Case], list[Case]]:
             "aa-ab-p99-increase-0ms", healthy, (healthy,), paired=False,
             gates={"max_p99_latency_increase_ms": 0.0}, requests=requests,
         ),
+        # users of 10 requests on average whose errors go together (intra-user
+        # correlation 0.2: a broken client errs again), counted per unit as the gates
+        # do, then per request as they did before
+        Case(
+            "aa-ab-units", healthy, (healthy,), paired=False, requests=requests,
+            requests_per_unit=10, unit_correlation=0.2,
+        ),
+        Case(
+            "aa-ab-units-counted-per-request", healthy, (healthy,), paired=False,
+            requests=requests, requests_per_unit=10, unit_correlation=0.2, count_units=False,
+        ),
     ]  # fmt: skip
     regressions = []
     for before, after in ((0.01, 0.02), (0.003, 0.013), (0.03, 0.04)):
@@ -73,6 +84,21 @@ def cases(requests: int) -> tuple[list[Case], list[Case]]:
                     requests=requests,
                 )  # fmt: skip
             )
+    for rho in (0.0, 0.05):
+        # what counting units costs: users of 10 requests, errors independent (0) or
+        # going together within a user (0.05)
+        regressions.append(
+            Case(
+                f"errors-1.0%-to-2.0%-ab-units-10-correlation-{rho:g}",
+                Arm(error_rate=0.01),
+                (Arm(error_rate=0.02),),
+                gates=ONLY_ERRORS | {"max_error_rate": False},
+                paired=False,
+                requests=requests,
+                requests_per_unit=10,
+                unit_correlation=rho,
+            )  # fmt: skip
+        )
     for before, after in ((60.0, 110.0), (30.0, 80.0)):
         regressions.append(
             Case(

@@ -65,6 +65,12 @@ class Case:
     probe_share: float = 0.05  # shadow: candidate latencies timed alone
     requests: int = 50_000  # per arm
     rate_per_s: float | None = None  # to report detection in seconds
+    # A/B assignment units (users): requests per unit (geometric mean; 1 = every
+    # request its own unit), the intra-unit correlation of errors (each unit's error
+    # rate drawn from a Beta around its arm's), and whether the rules count units.
+    requests_per_unit: float = 1.0
+    unit_correlation: float = 0.0
+    count_units: bool = True
 
     def gate_config(self) -> GateConfig:
         return GateConfig(**self.gates)
@@ -207,14 +213,128 @@ def first_failures(case: Case, rng: np.random.Generator) -> dict[str, int | None
     return _served_first_failures(case, gates, rules, fa, rng)
 
 
+@dataclass
+class UnitTraffic:
+    """A/B traffic by assignment unit: per request (in arrival order) its unit and
+    error, per unit its arm."""
+
+    unit: np.ndarray
+    error: np.ndarray
+    unit_arm: np.ndarray
+
+    @property
+    def arm(self) -> np.ndarray:
+        return self.unit_arm[self.unit]
+
+
+def unit_traffic(case: Case, total: int, rng: np.random.Generator) -> UnitTraffic:
+    """``total`` requests from units of geometric size (mean ``requests_per_unit``),
+    each unit in one arm (equal shares) and arriving in random order; a unit's error
+    rate is Beta-distributed around its arm's with intra-unit correlation
+    ``unit_correlation`` (0: independent requests)."""
+    arms = [case.production, *case.candidates]
+    sizes = rng.geometric(1 / case.requests_per_unit, size=int(total / case.requests_per_unit) + 64)
+    while sizes.sum() < total:
+        sizes = np.concatenate([sizes, rng.geometric(1 / case.requests_per_unit, size=64)])
+    unit = rng.permutation(np.repeat(np.arange(sizes.size), sizes))[:total]
+    unit_arm = rng.integers(0, len(arms), size=sizes.size)
+    mean = np.array([a.error_rate for a in arms])[unit_arm]
+    rho = case.unit_correlation
+    if rho > 0:
+        k = (1 - rho) / rho
+        rate = rng.beta(mean * k, (1 - mean) * k)
+    else:
+        rate = mean
+    return UnitTraffic(unit, rng.random(total) < rate[unit], unit_arm)
+
+
+def unit_sum_paths(traffic: UnitTraffic, arm: int) -> dict[str, np.ndarray]:
+    """Per look (after each request, any arm's), one arm's errors, requests and their
+    per-unit sums as ``arm_figures.sql`` computes them over the requests so far."""
+    unit, err = traffic.unit, traffic.error.astype(float)
+    order = np.argsort(unit, kind="stable")  # each unit's requests in arrival order
+    u_sorted, e_sorted = unit[order], err[order]
+    start = np.r_[0, np.flatnonzero(np.diff(u_sorted)) + 1]
+    first = np.repeat(start, np.diff(np.r_[start, u_sorted.size]))
+    prior_n = np.arange(u_sorted.size) - first
+    cum_e = np.cumsum(e_sorted)
+    prior_e = cum_e - e_sorted - np.r_[0.0, cum_e][first]
+    k_n, k_e = np.empty_like(err), np.empty_like(err)
+    k_n[order], k_e[order] = prior_n, prior_e
+    mine = (traffic.arm == arm).astype(float)
+    return {
+        "requests": np.cumsum(mine),
+        "errors": np.cumsum(mine * err),
+        "units": np.cumsum(mine * (k_n == 0)),
+        "errors_sq": np.cumsum(mine * err * (2 * k_e + 1)),
+        "errors_cross": np.cumsum(mine * (k_e + err * (k_n + 1))),
+        "requests_sq": np.cumsum(mine * (2 * k_n + 1)),
+    }
+
+
+def _design_effect_path(*paths: dict[str, np.ndarray]) -> np.ndarray:
+    """``stats.design_effect`` at every look."""
+    resid = np.zeros_like(paths[0]["requests"])
+    binomial = np.zeros_like(resid)
+    for p in paths:
+        n = p["requests"]
+        r = np.divide(p["errors"], n, out=np.zeros_like(n), where=n > 0)
+        resid += p["errors_sq"] - 2 * r * p["errors_cross"] + r * r * p["requests_sq"]
+        binomial += r * (1 - r) * n
+    out = np.ones_like(resid)
+    ok = binomial > 0
+    out[ok] = np.maximum(1.0, resid[ok] / binomial[ok])
+    return out
+
+
+def unit_error_fails(
+    traffic: UnitTraffic, arm: int, gates: GateConfig, rules: list[str], fa: float,
+    count_units: bool = True,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per look, the fail side of the A/B error rules (``rules.judge``) for candidate
+    arm ``arm`` against production (arm 0), their counts divided by the design effect
+    as the gates do (``count_units=False``: counted per request, as before units)."""
+    c, p = unit_sum_paths(traffic, arm), unit_sum_paths(traffic, 0)
+    ones = np.ones_like(c["requests"])
+    own = _design_effect_path(c) if count_units else ones
+    pooled = _design_effect_path(c, p) if count_units else ones
+    out: dict[str, np.ndarray] = {}
+    bar = math.log(1 / fa)
+    if "max_error_rate" in rules:
+        fails = np.zeros(ones.size, dtype=bool)
+        ok = c["requests"] > 0
+        log_e = stats.log_mixture_lr_path(
+            c["errors"][ok] / own[ok], c["requests"][ok] / own[ok], gates.max_error_rate or 0, +1
+        )
+        fails[ok] = log_e >= bar
+        out["max_error_rate"] = fails
+    if "max_error_rate_increase" in rules:
+        ec, ep = c["errors"], p["errors"]
+        share = c["requests"] / np.maximum(c["requests"] + p["requests"], 1)
+        fails = np.zeros(ones.size, dtype=bool)
+        ok = (ec + ep > 0) & (share > 0) & (share < 1)
+        log_e = stats.log_mixture_lr_path(
+            ec[ok] / pooled[ok], (ec[ok] + ep[ok]) / pooled[ok], share[ok], +1
+        )
+        fails[ok] = log_e >= bar
+        out["max_error_rate_increase"] = fails
+    return out
+
+
 def _served_first_failures(
     case: Case, gates: GateConfig, rules: list[str], fa: float, rng: np.random.Generator
 ) -> dict[str, int | None]:
-    """A/B: every request goes to one of the arms (equal shares); a look after each."""
+    """A/B: every request goes to one of the arms (equal shares); a look after each.
+    With units (``requests_per_unit`` > 1) the arm is the unit's and the error rules
+    read the per-unit sums (``unit_error_fails``)."""
     arms = [case.production, *case.candidates]
     total = case.requests * len(arms)
-    which = rng.integers(0, len(arms), size=total)
+    traffic = unit_traffic(case, total, rng) if case.requests_per_unit > 1 else None
+    which = traffic.arm if traffic is not None else rng.integers(0, len(arms), size=total)
     draws = [arm.draw(rng, total) for arm in arms]  # each arm uses the requests it got
+    if traffic is not None:
+        for d in draws:
+            d["error"] = traffic.error
     per_arm = [
         {key: d[key][which == a] for key in d} | {"seen": which == a} for a, d in enumerate(draws)
     ]
@@ -227,10 +347,13 @@ def _served_first_failures(
         err_c[cand["seen"]] = cand["error"]
         err_p = np.zeros(total, dtype=bool)
         err_p[prod["seen"]] = prod["error"]
-        if "max_error_rate" in rules:
+        if traffic is not None:
+            error_rules = unit_error_fails(traffic, i, gates, rules, fa, case.count_units)
+            out |= {f"{rule}#{i}": _first(fails) for rule, fails in error_rules.items()}
+        if "max_error_rate" in rules and traffic is None:
             fails = _rate_fail(err_c, n_c, gates.max_error_rate or 0, fa) & (n_c > 0)
             out[f"max_error_rate#{i}"] = _first(fails)
-        if "max_error_rate_increase" in rules:
+        if "max_error_rate_increase" in rules and traffic is None:
             # the candidate arm's share of all errors against its share of traffic
             ec, ep = np.cumsum(err_c), np.cumsum(err_p)
             n_p = np.cumsum(prod["seen"])

@@ -105,8 +105,12 @@ def test_a_bots_failures_in_one_arm_fail_the_verdict_only_when_counted_per_reque
         r["arm"]: r
         for r in owner.query(
             named_query("arm_figures", owner.database),
-            {"experiment": "bot-units", "since": "2000-01-01 00:00:00",
-             "until": "2100-01-01 00:00:00", "latency_limit_ms": 0.0},
+            {
+                "experiment": "bot-units",
+                "since": "2000-01-01 00:00:00",
+                "until": "2100-01-01 00:00:00",
+                "latency_limit_ms": 0.0,
+            },
         )  # fmt: skip
     }
     expected = _python_sums(traffic)
@@ -159,8 +163,12 @@ def test_conversions_that_go_together_per_user_widen_the_ab_test(
         r["arm"]: r
         for r in owner.query(
             named_query("arm_feedback", owner.database),
-            {"experiment": "buyers", "since": "2000-01-01 00:00:00",
-             "until": "2100-01-01 00:00:00", "feedback_window_s": 3600},
+            {
+                "experiment": "buyers",
+                "since": "2000-01-01 00:00:00",
+                "until": "2100-01-01 00:00:00",
+                "feedback_window_s": 3600,
+            },
         )  # fmt: skip
     }
     for arm in ("prod", "cand"):
@@ -196,7 +204,9 @@ def test_shadow_figures_sum_the_candidates_errors_per_unit(owner: Warehouse) -> 
             failed = unit == "client-x" or rng.random() < 0.01
             rows.append(
                 comparison(
-                    f"{unit}-{k}", experiment="units-shadow", unit_id=unit,
+                    f"{unit}-{k}",
+                    experiment="units-shadow",
+                    unit_id=unit,
                     candidate_error="TimeoutError: 2 s" if failed else None,
                     candidate_output=None if failed else {"label": 1},
                 )  # fmt: skip
