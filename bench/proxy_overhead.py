@@ -1,12 +1,14 @@
 """What `shadowline proxy` adds to a request, measured side by side in one run.
 
 An upstream model endpoint (a small aiohttp app answering a V1 prediction) runs in a
-process of its own; `shadowline proxy` runs in front of it, mirroring every request
-to the real Kafka broker. vegeta (built from the Go module proxy into
-.shadowline/tools/) sends the same open-loop, constant-rate load first to the
-upstream directly, then through the proxy, alternating, at each rate. Reported: p50
-and p99 of each, their difference (what the proxy adds), the share of answers that
-were 2xx, and the proxy's resident memory before and after each run.
+process of its own; `shadowline proxy` runs in front of it, one process per engine
+(``--engines python,go``: aiohttp, and the compiled Go data path), each mirroring every
+request to the real Kafka broker into its own topics. vegeta (built from the Go module
+proxy into .shadowline/tools/) sends the same open-loop, constant-rate load to the
+upstream directly, then through each proxy, in turn, at each rate. Reported: p50 and
+p99 of each, their difference (what the proxy adds), the share of answers that were
+2xx, the proxy's resident memory before and after each run and its CPU time per
+request (from /proc, user + system).
 
     .venv/bin/shadowline kafka up -c .ci/shadowline-ci.toml
     .venv/bin/python bench/proxy_overhead.py --rates 1000,5000 --duration 20
@@ -83,6 +85,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def attack(exe: str, url: str, rate: int, duration: float, body: Path) -> dict[str, Any]:
     target = f"POST {url}\nContent-Type: application/json\n@{body}\n"
     attack = subprocess.run(
@@ -111,22 +118,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="direct/proxy alternations")
     parser.add_argument("--bootstrap", default=os.environ.get("SHADOWLINE_TEST_BOOTSTRAP",
                                                               "127.0.0.1:39092"))  # fmt: skip
+    parser.add_argument("--engines", default="python,go", help="proxy engines to measure")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    engines = args.engines.split(",")
     exe = vegeta()
     work = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
-    up_port, proxy_port = free_port(), free_port()
+    up_port = free_port()
     (work / "upstream.py").write_text(UPSTREAM)
     (work / "body.json").write_text(json.dumps({"instances": [[0.5, -1.25, 3.0, 0.75]]}))
-    ns = f"bench{int(time.time())}."
-    (work / "shadowline.toml").write_text(f"""
+    py = sys.executable
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ports, procs = {}, {}
+    upstream = subprocess.Popen([py, str(work / "upstream.py"), str(up_port)], env=env)
+    for engine in engines:
+        ports[engine] = free_port()
+        cfg = work / f"{engine}.toml"
+        cfg.write_text(f"""
 [kafka]
 bootstrap_servers = "{args.bootstrap}"
-namespace = "{ns}"
+namespace = "bench{int(time.time())}{engine}."
 partitions = 3
 
 [proxy]
-port = {proxy_port}
+port = {ports[engine]}
+engine = "{engine}"
 
 [[experiments]]
 name = "bench"
@@ -140,66 +156,75 @@ outputs_path = "predictions.0"
 name = "c"
 model = "tests.fixtures.models:EchoModel"
 """)
-    py = sys.executable
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cfg = str(work / "shadowline.toml")
-    subprocess.run([py, "-m", "shadowline", "topics", "create", "-c", cfg],
-                   check=True, env=env, capture_output=True)  # fmt: skip
-    upstream = subprocess.Popen([py, str(work / "upstream.py"), str(up_port)], env=env)
-    proxy = subprocess.Popen(
-        [py, "-m", "shadowline", "proxy", "-c", str(work / "shadowline.toml"), "-e", "bench"],
-        env=env, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+        subprocess.run([py, "-m", "shadowline", "topics", "create", "-c", str(cfg)],
+                       check=True, env=env, capture_output=True)  # fmt: skip
+        if engine == "go":
+            subprocess.run([py, "-m", "shadowline", "proxy-build"], check=True, env=env,
+                           capture_output=True)  # fmt: skip
+        procs[engine] = subprocess.Popen(
+            [py, "-m", "shadowline", "proxy", "-c", str(cfg), "-e", "bench"],
+            env=env, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
     results: list[dict[str, Any]] = []
+    counters: dict[str, dict[str, int]] = {}
     try:
         wait_http(f"http://127.0.0.1:{up_port}/")
-        wait_http(f"http://127.0.0.1:{proxy_port}/-/shadowline/healthz")
         route = "/v1/models/m:predict"
         direct_url = f"http://127.0.0.1:{up_port}{route}"
-        proxy_url = f"http://127.0.0.1:{proxy_port}{route}"
-        attack(exe, proxy_url, 200, 3, work / "body.json")  # warm both paths
+        urls = {e: f"http://127.0.0.1:{ports[e]}{route}" for e in engines}
+        for engine in engines:
+            wait_http(f"http://127.0.0.1:{ports[engine]}/-/shadowline/healthz")
+            attack(exe, urls[engine], 200, 3, work / "body.json")  # warm both paths
         for rate in (int(r) for r in args.rates.split(",")):
             for rnd in range(args.rounds):
                 direct = attack(exe, direct_url, rate, args.duration, work / "body.json")
-                before = rss_mb(proxy.pid)
-                via = attack(exe, proxy_url, rate, args.duration, work / "body.json")
-                after = rss_mb(proxy.pid)
-                results.append({
-                    "rate": rate, "round": rnd, "direct": direct, "proxy": via,
-                    "added_p50_ms": round(via["p50_ms"] - direct["p50_ms"], 3),
-                    "added_p99_ms": round(via["p99_ms"] - direct["p99_ms"], 3),
-                    "proxy_rss_mb": [round(before, 1), round(after, 1)],
-                })  # fmt: skip
-        metrics = (
-            urllib.request.urlopen(  # noqa: S310  loopback
-                f"http://127.0.0.1:{proxy_port}/-/shadowline/metrics", timeout=5
+                for engine in engines:
+                    pid = procs[engine].pid
+                    before, cpu = rss_mb(pid), cpu_s(pid)
+                    via = attack(exe, urls[engine], rate, args.duration, work / "body.json")
+                    cpu, after = cpu_s(pid) - cpu, rss_mb(pid)
+                    results.append({
+                        "engine": engine, "rate": rate, "round": rnd, "direct": direct,
+                        "proxy": via,
+                        "added_p50_ms": round(via["p50_ms"] - direct["p50_ms"], 3),
+                        "added_p99_ms": round(via["p99_ms"] - direct["p99_ms"], 3),
+                        "proxy_rss_mb": [round(before, 1), round(after, 1)],
+                        "proxy_cpu_us_per_request": round(1e6 * cpu / max(via["requests"], 1)),
+                    })  # fmt: skip
+        for engine in engines:
+            metrics = (
+                urllib.request.urlopen(  # noqa: S310  loopback
+                    f"http://127.0.0.1:{ports[engine]}/-/shadowline/metrics", timeout=5
+                )
+                .read()
+                .decode()
             )
-            .read()
-            .decode()
-        )
+            counters[engine] = {
+                line.split()[0].removeprefix("shadowline_proxy_"): int(float(line.split()[1]))
+                for line in metrics.splitlines() if line and not line.startswith("#")
+            }  # fmt: skip
     finally:
-        for proc in (proxy, upstream):
+        for proc in (*procs.values(), upstream):
             proc.terminate()
             proc.wait(15)
         shutil.rmtree(work, ignore_errors=True)
-    counters = {
-        line.split()[0].removeprefix("shadowline_proxy_"): int(float(line.split()[1]))
-        for line in metrics.splitlines() if line and not line.startswith("#")
-    }  # fmt: skip
     if args.json:
         print(json.dumps({"runs": results, "proxy_counters": counters}, indent=2))
         return
-    print(f"{'rate':>6} {'rnd':>3} {'direct p50':>10} {'p99':>8} {'proxy p50':>10} {'p99':>8} "
-          f"{'added p50':>9} {'p99':>8} {'ok':>6} {'proxy RSS MB':>14}")  # fmt: skip
+    print(f"{'engine':>6} {'rate':>6} {'rnd':>3} {'direct p50':>10} {'p99':>8} {'proxy p50':>10} "
+          f"{'p99':>8} {'added p50':>9} {'p99':>8} {'ok':>6} {'CPU us/req':>10} "
+          f"{'proxy RSS MB':>14}")  # fmt: skip
     for r in results:
         d, p = r["direct"], r["proxy"]
-        print(f"{r['rate']:>6} {r['round']:>3} {d['p50_ms']:>10.3f} {d['p99_ms']:>8.3f} "
-              f"{p['p50_ms']:>10.3f} {p['p99_ms']:>8.3f} {r['added_p50_ms']:>9.3f} "
-              f"{r['added_p99_ms']:>8.3f} {p['ok_share']:>6.3f} "
+        print(f"{r['engine']:>6} {r['rate']:>6} {r['round']:>3} {d['p50_ms']:>10.3f} "
+              f"{d['p99_ms']:>8.3f} {p['p50_ms']:>10.3f} {p['p99_ms']:>8.3f} "
+              f"{r['added_p50_ms']:>9.3f} {r['added_p99_ms']:>8.3f} {p['ok_share']:>6.3f} "
+              f"{r['proxy_cpu_us_per_request']:>10} "
               f"{r['proxy_rss_mb'][0]:>6.1f}->{r['proxy_rss_mb'][1]:<6.1f}")  # fmt: skip
     keys = ("forwarded_total", "mirrored_total", "tap_delivered_total", "tap_failed_total",
             "tap_dropped_queue_full_total")  # fmt: skip
-    print("proxy counters:", {k: counters.get(k) for k in keys})
+    for engine in engines:
+        print(f"{engine} proxy counters:", {k: counters[engine].get(k) for k in keys})
 
 
 if __name__ == "__main__":

@@ -417,11 +417,29 @@ def ingest_cmd(config_path: str, host: str | None, port: int | None) -> None:
 @click.option("--experiment", "-e", required=True, help="The experiment whose upstream to proxy.")
 @click.option("--host", default=None, help="Address to bind (default: proxy.host, loopback).")
 @click.option("--port", default=None, type=int, help="Port (default: proxy.port, 8129).")
-def proxy_cmd(config_path: str, experiment: str, host: str | None, port: int | None) -> None:
+@click.option("--engine", type=click.Choice(["python", "go"]), default=None,
+              help="Data path (default: proxy.engine, python).")  # fmt: skip
+def proxy_cmd(
+    config_path: str, experiment: str, host: str | None, port: int | None, engine: str | None
+) -> None:
     """Forward HTTP to production's endpoint and mirror each request and answer."""
+    config = _load(config_path)
+    if (engine or config.proxy.engine) == "go":
+        from shadowline import proxy_native
+
+        proxy_native.run(config, experiment, host, port)
+        return
     from shadowline import proxy
 
-    proxy.run(_load(config_path), experiment, host, port)
+    proxy.run(config, experiment, host, port)
+
+
+@cli.command("proxy-build")
+def proxy_build_cmd() -> None:
+    """Build the Go proxy (proxy.engine = "go") now and print where it is."""
+    from shadowline import proxy_native
+
+    click.echo(proxy_native.binary())
 
 
 # -- dashboard ----------------------------------------------------------------

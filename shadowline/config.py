@@ -203,6 +203,10 @@ class ProxyServerConfig(_Frozen):
 
     host: str = "127.0.0.1"
     port: int = Field(8129, ge=1, le=65535)
+    # "python": aiohttp in this process. "go": the compiled data path
+    # (shadowline/proxy_go, built once with the Go toolchain), same behaviour and
+    # metrics, for rates the Python one cannot carry (docs/performance.md).
+    engine: Literal["python", "go"] = "python"
     # Connections kept open to the upstream at most (a pool shared by all requests).
     max_connections: int = Field(1000, ge=1, le=100_000)
     # Largest request body forwarded (413 beyond it); answers are streamed, any size.

@@ -19,8 +19,9 @@ import orjson
 import pytest
 import tomli_w
 
+from shadowline import proxy_native
 from tests.conftest import ROOT, free_port
-from tests.integration.helpers import rows, start_pipeline, wait_for
+from tests.integration.helpers import read_topic, rows, start_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -118,10 +119,19 @@ def call(port: int, method: str, path: str, body: bytes | None = None, headers=N
         conn.close()
 
 
-def start_proxy(path: Path, experiment: str, port: int, log: Path) -> subprocess.Popen:
+@pytest.fixture(params=["python", "go"])
+def engine(request) -> str:
+    """Every test runs against both data paths: they must behave alike."""
+    if request.param == "go":
+        proxy_native.binary()  # built once, before a test's start-up deadline runs
+    return request.param
+
+
+def start_proxy(path: Path, experiment: str, port: int, log: Path, engine: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shadowline", "proxy", "-c", str(path), "-e", experiment],
+        [sys.executable, "-m", "shadowline", "proxy", "-c", str(path), "-e", experiment,
+         "--engine", engine],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -155,15 +165,16 @@ def experiment(upstream: int, **proxy) -> dict:
 
 
 def test_proxied_traffic_ends_as_rows_and_answers_are_unchanged(
-    upstream, config_factory, child_env, tmp_path
+    upstream, config_factory, child_env, tmp_path, engine
 ):
     port = free_port()
     exp = experiment(upstream)
     exp["proxy"]["routes"] = ["/v1/models", "/fail"]
     config, path = config_factory([exp], proxy={"port": port})
     pipeline = start_pipeline(config, path, child_env, tmp_path / "logs")
-    proc = start_proxy(path, "web", port, tmp_path / "proxy.log")
+    proc = start_proxy(path, "web", port, tmp_path / "proxy.log", engine)
     route = "/v1/models/m:predict"
+    Upstream.seen_ids.clear()  # the upstream serves every engine's run of this test
     try:
         ids = []
         for i in range(120):
@@ -207,7 +218,7 @@ def test_proxied_traffic_ends_as_rows_and_answers_are_unchanged(
     assert "shadowline_proxy_not_mirrored_route_total 1" in metrics
 
 
-def test_upstream_failures_slowness_and_kafka_down(upstream, tmp_path):
+def test_upstream_failures_slowness_and_kafka_down(upstream, tmp_path, engine):
     port = free_port()
     data = {
         "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}"},  # nobody there
@@ -217,7 +228,7 @@ def test_upstream_failures_slowness_and_kafka_down(upstream, tmp_path):
     }
     path = tmp_path / "shadowline.toml"
     path.write_text(tomli_w.dumps(data))
-    proc = start_proxy(path, "web", port, tmp_path / "proxy.log")
+    proc = start_proxy(path, "web", port, tmp_path / "proxy.log", engine)
     try:
         for code in (201, 202, 301, 404, 418, 500):
             assert call(port, "GET", f"/status/{code}") == call(upstream, "GET", f"/status/{code}")
@@ -249,7 +260,7 @@ def test_upstream_failures_slowness_and_kafka_down(upstream, tmp_path):
     assert "shadowline_proxy_tap_recorded_total" in metrics
 
 
-def test_an_unreachable_upstream_is_a_502_and_the_proxy_stays_up(tmp_path):
+def test_an_unreachable_upstream_is_a_502_and_the_proxy_stays_up(tmp_path, engine):
     port = free_port()
     data = {
         "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}"},
@@ -259,7 +270,7 @@ def test_an_unreachable_upstream_is_a_502_and_the_proxy_stays_up(tmp_path):
     }
     path = tmp_path / "shadowline.toml"
     path.write_text(tomli_w.dumps(data))
-    proc = start_proxy(path, "web", port, tmp_path / "proxy.log")
+    proc = start_proxy(path, "web", port, tmp_path / "proxy.log", engine)
     try:
         for _ in range(3):
             status, _, body = call(port, "POST", "/v1/models/m:predict", b'{"instances": [[1]]}')
@@ -271,3 +282,69 @@ def test_an_unreachable_upstream_is_a_502_and_the_proxy_stays_up(tmp_path):
     finally:
         stop(proc)
     assert "shadowline_proxy_upstream_unreachable_total 3" in metrics
+
+
+def test_both_engines_mirror_the_same_messages(upstream, config_factory, tmp_path):
+    """The Go engine writes the JSON contract, the Python one Avro: decoded, the
+    messages are the same (sampling, redaction hashes, unit, output, error), and each
+    sits on its key's Java-client partition."""
+    from shadowline.envelopes import Prediction, Request
+    from shadowline.partitioning import partition_for
+    from shadowline.tap import sampled
+
+    exp = experiment(upstream, routes=["/v1/models", "/fail"], unit_id_header="X-User")
+    exp["sampling"] = 0.6
+    exp["redact"] = {"drop": ["secret"], "hash": ["user.email", "amount", "user.tags"],
+                     "salt": "pepper"}  # fmt: skip
+    bodies = {}
+    for i in range(60):
+        bodies[f"r-{i}"] = orjson.dumps({
+            "instances": [[i % 5 - 2, 1]], "amount": i / 7, "secret": f"s{i}",
+            "user": {"email": f"u{i}@example.com", "tags": ["a", i, None, 1e-7], "age": i},
+        })  # fmt: skip
+    seen = {}
+    for engine in ("python", "go"):
+        if engine == "go":
+            proxy_native.binary()
+        port = free_port()
+        config, path = config_factory([exp], proxy={"port": port})
+        path = path.rename(tmp_path / f"{engine}.toml")
+        proc = start_proxy(path, "web", port, tmp_path / f"{engine}.log", engine)
+        try:
+            for rid, body in bodies.items():
+                status = call(port, "POST", "/v1/models/m:predict", body,
+                              {"X-Request-Id": rid, "X-User": f"user-{rid}"})[0]  # fmt: skip
+                assert status == 200
+            assert call(port, "POST", "/fail", b'{"instances": [[1]]}',
+                        {"X-Request-Id": "f-2"})[0] == 503  # fmt: skip
+            assert call(port, "POST", "/v1/models/m:predict", b"not json",
+                        {"X-Request-Id": "bad-1"})[0] == 400  # fmt: skip
+        finally:
+            stop(proc)
+        expected = sum(sampled(rid, 0.6) for rid in [*bodies, "f-2"])
+        assert sampled("f-2", 0.6) and 30 < expected < 50  # a sample, not all or none
+        msgs = {}
+        for topic, kind in (("requests", Request), ("predictions", Prediction)):
+            got = read_topic(config, topic, expected)
+            assert len(got) == expected, (engine, topic, len(got), expected)
+            for m in got:
+                assert m.partition() == partition_for(m.key(), 3), (engine, m.key())
+                ctype = dict(m.headers() or [])["content-type"].decode()
+                env = kind.from_message(m.key(), m.value(), ctype)
+                msgs[(topic, env.request_id)] = env
+        seen[engine] = msgs
+    py, go = seen["python"], seen["go"]
+    assert py.keys() == go.keys() and len(py) > 40
+    for key, a in py.items():
+        b = go[key]
+        if isinstance(a, Request):
+            assert (a.inputs, a.unit_id, a.experiment) == (b.inputs, b.unit_id, b.experiment)
+            assert "secret" not in a.inputs
+            if a.request_id.startswith("r-"):
+                assert a.inputs["user"]["email"].startswith("sha256:"), a.inputs
+        else:
+            assert (a.output, a.error, a.role, a.model, a.unit_id) == (
+                b.output, b.error, b.role, b.model, b.unit_id)  # fmt: skip
+            assert b.latency_ms > 0
+    assert py[("predictions", "f-2")].error == "HTTP 503 from upstream"
+    assert py[("predictions", "f-2")].output is None
