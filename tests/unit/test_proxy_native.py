@@ -66,6 +66,18 @@ def test_number_forms_read_as_python_reads_them(exe):
         assert line.split("\t")[1] == repr(json.loads(text)), text
 
 
+def test_malformed_json_is_refused_and_odd_valid_json_read(exe):
+    bad = ["{", "[1,]", "01", "1.", "-", '"\\x"', '{"a" 1}', "tru", "1 2", '"a\x01"', "{,}",
+           '{"a":1,}', "[", '"abc', "1e", "+1", ".5", "NaN", "Infinity", ""]  # fmt: skip
+    got = go_hashes(exe, [("k", b) for b in bad])
+    refused = [line.split("\t")[0] for line in got]
+    assert refused == ["error"] * len(bad), list(zip(bad, got, strict=False))
+    odd = [" [ ] ", "{}", "-0.0e+0", '{"a":1,"a":2,"b":3}', '"\\u00e9\\ud83d\\ude00"', "[[[]]]"]
+    got = go_hashes(exe, [("k", o) for o in odd])
+    for text, line in zip(odd, got, strict=True):
+        assert line.split("\t")[1] == repr(json.loads(text)), text
+
+
 def config(**proxy_section):
     return parse_config({
         "proxy": proxy_section,
