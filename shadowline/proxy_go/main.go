@@ -211,7 +211,10 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !strings.HasPrefix(uri, "/") { // absolute-form (a client speaking to a proxy)
 		uri = r.URL.RequestURI()
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(p.s.TimeoutS*float64(time.Second)))
+	// Not cancelled when the client goes (or half-closes): production still answers,
+	// and that answer is what gets mirrored, as with the Python engine.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()),
+		time.Duration(p.s.TimeoutS*float64(time.Second)))
 	defer cancel()
 	out, err := http.NewRequestWithContext(ctx, r.Method, p.upstream+uri, nil)
 	if err != nil {

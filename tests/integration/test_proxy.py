@@ -348,3 +348,69 @@ def test_both_engines_mirror_the_same_messages(upstream, config_factory, tmp_pat
             assert b.latency_ms > 0
     assert py[("predictions", "f-2")].error == "HTTP 503 from upstream"
     assert py[("predictions", "f-2")].output is None
+
+
+def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes as they are; what came back before the proxy closed or went quiet."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return out
+
+
+def test_hostile_requests_are_refused_and_nothing_is_smuggled(upstream, tmp_path, engine):
+    port = free_port()
+    data = {
+        "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}"},
+        "tap": {"close_timeout_s": 0},
+        "proxy": {"port": port},
+        "experiments": [experiment(upstream, routes=["/"])],
+    }
+    path = tmp_path / "shadowline.toml"
+    path.write_text(tomli_w.dumps(data))
+    proc = start_proxy(path, "web", port, tmp_path / "proxy.log", engine)
+    hostile = {
+        "garbage request line": b"\x00\x01\x02 nonsense\r\n\r\n",
+        "no HTTP version": b"GET /\r\n\r\n",
+        "unknown HTTP version": b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+        "header without a colon": b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        "space before the colon": b"GET / HTTP/1.1\r\nHost: x\r\nX-A : 1\r\n\r\n",
+        "two different lengths": b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 3\r\nContent-Length: 30\r\n\r\n{}\n",
+        "bad chunk size": b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        "a negative length": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        "a length past the limit": b"POST / HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 99999999999999\r\n\r\n{}",
+    }
+    # smuggling: a chunked body hiding a second request, framed by Content-Length too
+    smuggle = (
+        b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /status/418 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    try:
+        for name, request in hostile.items():
+            answer = raw(port, request)
+            status = answer.split(b" ", 2)[1] if answer.startswith(b"HTTP/") else b""
+            assert status == b"" or status.startswith(b"4") or status == b"505", (name, answer)
+            assert call(port, "GET", "/-/shadowline/healthz")[0] == 200, name
+        answer = raw(port, smuggle)
+        # Refused (aiohttp closes), or read as chunked (RFC 9112 6.1: Transfer-Encoding
+        # wins), so the body is empty and the upstream answers 400, and the bytes after
+        # it are the client's own next request. Either way the upstream only ever gets
+        # requests the proxy framed anew: one with the hidden request inside its body
+        # would have been answered 200 by this upstream (it reads any JSON body).
+        first = answer.split(b"\r\n", 1)[0]
+        assert answer == b"" or first.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")), answer
+        assert b"HTTP/1.1 200" not in answer, answer
+        assert call(port, "GET", "/-/shadowline/healthz")[0] == 200
+    finally:
+        stop(proc)
