@@ -1,14 +1,17 @@
 """What `shadowline proxy` adds to a request, measured side by side in one run.
 
-An upstream model endpoint (a small aiohttp app answering a V1 prediction) runs in a
-process of its own; `shadowline proxy` runs in front of it, one process per engine
-(``--engines python,go``: aiohttp, and the compiled Go data path), each mirroring every
-request to the real Kafka broker into its own topics. vegeta (built from the Go module
-proxy into .shadowline/tools/) sends the same open-loop, constant-rate load to the
-upstream directly, then through each proxy, in turn, at each rate. Reported: p50 and
-p99 of each, their difference (what the proxy adds), the share of answers that were
-2xx, the proxy's resident memory before and after each run and its CPU time per
-request (from /proc, user + system).
+An upstream model endpoint runs in a process of its own: a small aiohttp app answering
+a V1 prediction, or with ``--upstream go`` the same answer from bench/upstream in Go,
+cheap enough that at thousands of requests per second it is not what saturates.
+`shadowline proxy` runs in front of it, one process per engine (``--engines python,go``:
+aiohttp, and the compiled Go data path), each mirroring every request to the real
+Kafka broker into its own topics. vegeta (built from the Go module proxy into
+.shadowline/tools/) sends the same open-loop, constant-rate load to the upstream
+directly, then through each proxy in turn, at each rate; after each attack the next
+waits until the process attacked is idle again. Reported: p50 and p99 of each, their
+difference (what the proxy adds), the share of answers that were 2xx, the proxy's
+resident memory before and after each run and its CPU time per request (from /proc,
+user + system).
 
     .venv/bin/shadowline kafka up -c .ci/shadowline-ci.toml
     .venv/bin/python bench/proxy_overhead.py --rates 1000,5000 --duration 20
@@ -90,6 +93,18 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settle(pid: int, timeout: float = 60.0) -> None:
+    """Wait until a proxy has worked off what an attack left it (a saturated proxy goes
+    on answering timed-out requests and mirroring them): under 5 % of a core for 0.5 s,
+    so the next measurement does not share the machine with it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = cpu_s(pid)
+        time.sleep(0.5)
+        if cpu_s(pid) - before < 0.025:
+            return
+
+
 def attack(exe: str, url: str, rate: int, duration: float, body: Path) -> dict[str, Any]:
     target = f"POST {url}\nContent-Type: application/json\n@{body}\n"
     attack = subprocess.run(
@@ -118,7 +133,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="direct/proxy alternations")
     parser.add_argument("--bootstrap", default=os.environ.get("SHADOWLINE_TEST_BOOTSTRAP",
                                                               "127.0.0.1:39092"))  # fmt: skip
-    parser.add_argument("--engines", default="python,go", help="proxy engines to measure")
+    parser.add_argument("--engines", default="python,go",
+                        help="proxy engines to measure; go:N sets proxy.go_procs = N")  # fmt: skip
+    parser.add_argument("--upstream", choices=("python", "go"), default="python",
+                        help="the model endpoint: aiohttp, or a Go one (bench/upstream) "
+                        "cheap enough not to saturate first")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     engines = args.engines.split(",")
@@ -130,19 +149,26 @@ def main() -> None:
     py = sys.executable
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ports, procs = {}, {}
-    upstream = subprocess.Popen([py, str(work / "upstream.py"), str(up_port)], env=env)
+    if args.upstream == "go":
+        up_exe = TOOLS / "bench-upstream"
+        subprocess.run(["go", "build", "-o", str(up_exe), "."], cwd=ROOT / "bench" / "upstream",
+                       check=True, env={**os.environ, "GOWORK": "off"})  # fmt: skip
+        upstream = subprocess.Popen([str(up_exe), str(up_port)])
+    else:
+        upstream = subprocess.Popen([py, str(work / "upstream.py"), str(up_port)], env=env)
     for engine in engines:
         ports[engine] = free_port()
-        cfg = work / f"{engine}.toml"
+        cfg = work / f"{engine.replace(':', '-')}.toml"
         cfg.write_text(f"""
 [kafka]
 bootstrap_servers = "{args.bootstrap}"
-namespace = "bench{int(time.time())}{engine}."
+namespace = "bench{int(time.time())}{engine.replace(":", "-")}."
 partitions = 3
 
 [proxy]
 port = {ports[engine]}
-engine = "{engine}"
+engine = "{engine.split(":")[0]}"
+{f"go_procs = {engine.split(':')[1]}" if ":" in engine else ""}
 
 [[experiments]]
 name = "bench"
@@ -158,7 +184,7 @@ model = "tests.fixtures.models:EchoModel"
 """)
         subprocess.run([py, "-m", "shadowline", "topics", "create", "-c", str(cfg)],
                        check=True, env=env, capture_output=True)  # fmt: skip
-        if engine == "go":
+        if engine.startswith("go"):
             subprocess.run([py, "-m", "shadowline", "proxy-build"], check=True, env=env,
                            capture_output=True)  # fmt: skip
         procs[engine] = subprocess.Popen(
@@ -178,11 +204,13 @@ model = "tests.fixtures.models:EchoModel"
         for rate in (int(r) for r in args.rates.split(",")):
             for rnd in range(args.rounds):
                 direct = attack(exe, direct_url, rate, args.duration, work / "body.json")
+                settle(upstream.pid)
                 for engine in engines:
                     pid = procs[engine].pid
                     before, cpu = rss_mb(pid), cpu_s(pid)
                     via = attack(exe, urls[engine], rate, args.duration, work / "body.json")
                     cpu, after = cpu_s(pid) - cpu, rss_mb(pid)
+                    settle(pid)
                     results.append({
                         "engine": engine, "rate": rate, "round": rnd, "direct": direct,
                         "proxy": via,
@@ -209,7 +237,8 @@ model = "tests.fixtures.models:EchoModel"
             proc.wait(15)
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
-        print(json.dumps({"runs": results, "proxy_counters": counters}, indent=2))
+        print(json.dumps({"upstream": args.upstream, "runs": results,
+                          "proxy_counters": counters}, indent=2))  # fmt: skip
         return
     print(f"{'engine':>6} {'rate':>6} {'rnd':>3} {'direct p50':>10} {'p99':>8} {'proxy p50':>10} "
           f"{'p99':>8} {'added p50':>9} {'p99':>8} {'ok':>6} {'CPU us/req':>10} "

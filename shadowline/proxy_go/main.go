@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -55,6 +56,7 @@ type settings struct {
 	TimeoutS        float64  `json:"timeout_s"`
 	PreserveHost    bool     `json:"preserve_host"`
 	MaxConnections  int      `json:"max_connections"`
+	GoProcs         int      `json:"go_procs"`
 	MaxBodyBytes    int64    `json:"max_body_bytes"`
 	MaxMirrorBytes  int      `json:"max_mirror_bytes"`
 	Experiment      string   `json:"experiment"`
@@ -150,7 +152,7 @@ type proxy struct {
 	client   *http.Client
 	upstream string
 	routes   []string
-	queue    chan record
+	queue    chan *record
 	kafka    *kgo.Client
 }
 
@@ -248,7 +250,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !mirror {
 		p.c.notMirroredRoute.Add(1)
 	}
-	rec := record{requestID: requestID, body: body, eventTime: time.Now().UnixMilli()}
+	rec := &record{requestID: requestID, body: body, eventTime: time.Now().UnixMilli()}
 	if p.s.UnitIDHeader != "" {
 		rec.unitID = r.Header.Get(p.s.UnitIDHeader)
 	}
@@ -331,6 +333,9 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	rec.latencyMs = msSince(started)
+	if flusher != nil {
+		flusher.Flush() // the client has production's answer before any mirror bookkeeping
+	}
 	rec.status = resp.StatusCode
 	if resp.StatusCode >= 500 {
 		p.c.upstreamErrors.Add(1)
@@ -378,7 +383,7 @@ func (p *proxy) own(w http.ResponseWriter, r *http.Request) {
 
 // record hands an answered request to the sender, in the handler, without waiting:
 // the size check, the sampling check and a channel send that refuses when full.
-func (p *proxy) record(mirror bool, rec record) {
+func (p *proxy) record(mirror bool, rec *record) {
 	if !mirror {
 		return
 	}
@@ -416,7 +421,7 @@ func sampled(id string, rate float64) bool {
 // messages builds the request and production's prediction (JSON contract) from an
 // answered request, as Proxy._record and the tap do; ok false: not mirrored (a body
 // the candidates cannot read).
-func (p *proxy) messages(rec record) (req, pred []byte, ok bool) {
+func (p *proxy) messages(rec *record) (req, pred []byte, ok bool) {
 	if !utf8.Valid(rec.body) {
 		return nil, nil, false
 	}
@@ -700,6 +705,9 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if s.GoProcs > 0 {
+		runtime.GOMAXPROCS(s.GoProcs)
+	}
 	if err := serve(s); err != nil {
 		log.Print(err)
 		pprof.StopCPUProfile()
@@ -708,7 +716,7 @@ func main() {
 }
 
 func serve(s settings) error {
-	p := &proxy{s: s, upstream: strings.TrimRight(s.Upstream, "/"), queue: make(chan record, s.QueueSize)}
+	p := &proxy{s: s, upstream: strings.TrimRight(s.Upstream, "/"), queue: make(chan *record, s.QueueSize)}
 	for _, r := range s.Routes {
 		p.routes = append(p.routes, strings.TrimRight(r, "/"))
 	}

@@ -1,0 +1,3 @@
+module shadowline/bench/upstream
+
+go 1.26.0
