@@ -96,3 +96,43 @@ def test_the_whole_pipeline_runs_over_mutual_tls(
                  "50 matched rows over mTLS", pipeline)  # fmt: skip
     finally:
         pipeline.stop()
+
+
+def test_the_go_proxy_mirrors_over_mutual_tls(tls_broker, config_factory, tmp_path):
+    """The Go engine's own Kafka client (franz-go) with the configured CA, certificate
+    and key: every mirrored request reaches the TLS-only broker."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from shadowline import proxy_native
+    from tests import tls as tls_files
+    from tests.integration.helpers import read_topic
+    from tests.integration.test_proxy import Upstream, call, experiment, start_proxy, stop
+
+    kafka, d = tls_broker
+    plain = tmp_path / "client-plain.key"  # the Go engine reads unencrypted keys only
+    tls_files.openssl("pkey", "-in", str(d / "client.key"), "-passin", f"pass:{KEY_PASSWORD}",
+                      "-out", str(plain), cwd=tmp_path)  # fmt: skip
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proxy_native.binary()
+    port = free_port()
+    kafka_plain = {**{k: v for k, v in kafka.items() if k != "ssl_key_password"},
+                   "ssl_key_location": str(plain)}  # fmt: skip
+    config, path = config_factory(
+        [experiment(server.server_address[1])], kafka=kafka_plain, proxy={"port": port}
+    )
+    proc = start_proxy(path, "web", port, tmp_path / "proxy.log", "go")
+    try:
+        for i in range(20):
+            status = call(port, "POST", "/v1/models/m:predict", b'{"instances": [[1, 2]]}',
+                          {"X-Request-Id": f"tls-{i}"})[0]  # fmt: skip
+            assert status == 200
+        got = read_topic(config, "predictions", 20, timeout=60)
+        metrics = call(port, "GET", "/-/shadowline/metrics")[2].decode()
+    finally:
+        stop(proc)
+        server.shutdown()
+    assert sorted(m.key().decode() for m in got) == sorted(f"tls-{i}" for i in range(20))
+    assert "shadowline_proxy_tap_delivered_total 40" in metrics
