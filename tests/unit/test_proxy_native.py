@@ -106,6 +106,15 @@ def test_settings_the_go_engine_cannot_honour_are_refused_by_name():
     })  # fmt: skip
     with pytest.raises(ConfigError, match=r"kafka.client \(socket.keepalive.enable\)"):
         proxy_native.settings(bad, "web", "127.0.0.1", 1)
+    encrypted = parse_config({
+        "kafka": {"security_protocol": "SSL", "ssl_certificate_location": "c.pem",
+                  "ssl_key_location": "k.pem", "ssl_key_password": "pw"},
+        "experiments": [{"name": "web", "production_model": "p",
+                         "proxy": {"upstream": "http://up:1"},
+                         "candidates": [{"name": "c", "model": "m:M"}]}],
+    })  # fmt: skip
+    with pytest.raises(ConfigError, match="kafka.ssl_key_password: .* unencrypted PEM"):
+        proxy_native.settings(encrypted, "web", "127.0.0.1", 1)
     with pytest.raises(ConfigError, match="no such experiment|unknown experiment|nope"):
         proxy_native.settings(bad, "nope", "127.0.0.1", 1)
 
