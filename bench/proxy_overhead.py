@@ -32,6 +32,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from throughput import cpu_seconds  # noqa: E402  the same counter as the other benches
+
 TOOLS = ROOT / ".shadowline" / "tools"
 VEGETA = "github.com/tsenart/vegeta/v12@v12.13.0"
 
@@ -88,20 +92,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def settle(pid: int, timeout: float = 60.0) -> None:
     """Wait until a proxy has worked off what an attack left it (a saturated proxy goes
     on answering timed-out requests and mirroring them): under 5 % of a core for 0.5 s,
     so the next measurement does not share the machine with it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        before = cpu_s(pid)
+        before = cpu_seconds(pid)
         time.sleep(0.5)
-        if cpu_s(pid) - before < 0.025:
+        if cpu_seconds(pid) - before < 0.025:
             return
 
 
@@ -207,9 +206,9 @@ model = "tests.fixtures.models:EchoModel"
                 settle(upstream.pid)
                 for engine in engines:
                     pid = procs[engine].pid
-                    before, cpu = rss_mb(pid), cpu_s(pid)
+                    before, cpu = rss_mb(pid), cpu_seconds(pid)
                     via = attack(exe, urls[engine], rate, args.duration, work / "body.json")
-                    cpu, after = cpu_s(pid) - cpu, rss_mb(pid)
+                    cpu, after = cpu_seconds(pid) - cpu, rss_mb(pid)
                     settle(pid)
                     results.append({
                         "engine": engine, "rate": rate, "round": rnd, "direct": direct,

@@ -560,6 +560,17 @@ class Config(_Frozen):
             )
         return exp
 
+    def require_proxy(self, name: str) -> tuple[ExperimentConfig, ProxyConfig]:
+        """The experiment called ``name`` and its ``[experiments.proxy]``; raises
+        ``ConfigError`` when either is missing (both proxy engines start here)."""
+        exp = self.require_experiment(name)
+        if exp.proxy is None:
+            raise ConfigError(
+                f"experiment {name!r} in {self.source} has no [experiments.proxy] "
+                '(upstream = "http://host:port" at least)'
+            )
+        return exp, exp.proxy
+
     def resolve_path(self, value: str) -> Path:
         """A path from the config, relative to the config file's folder."""
         path = Path(value).expanduser()

@@ -35,7 +35,7 @@ import orjson
 from aiohttp import web
 
 from shadowline.config import Config, ExperimentConfig, ProxyConfig, ProxyServerConfig
-from shadowline.errors import ConfigError, describe
+from shadowline.errors import describe
 from shadowline.tap import Mirror
 
 log = logging.getLogger("shadowline.proxy")
@@ -85,13 +85,9 @@ class Proxy:
 
     def __init__(self, config: Config, experiment: str, mirror: Mirror | None = None) -> None:
         self.config = config
-        self.exp: ExperimentConfig = config.require_experiment(experiment)
-        if self.exp.proxy is None:
-            raise ConfigError(
-                f"experiment {experiment!r} in {config.source} has no [experiments.proxy] "
-                '(upstream = "http://host:port" at least)'
-            )
-        self.settings: ProxyConfig = self.exp.proxy
+        self.exp: ExperimentConfig
+        self.settings: ProxyConfig
+        self.exp, self.settings = config.require_proxy(experiment)
         self.server: ProxyServerConfig = config.proxy
         self.mirror = mirror if mirror is not None else Mirror(config)
         self.counters = ProxyCounters()

@@ -80,12 +80,7 @@ def binary(build: bool = True) -> Path:
 def settings(config: Config, experiment: str, host: str, port: int) -> dict[str, Any]:
     """What the program needs, resolved from a validated config; refuses what the Go
     engine cannot honour, naming the setting."""
-    exp = config.require_experiment(experiment)
-    if exp.proxy is None:
-        raise ConfigError(
-            f"experiment {experiment!r} in {config.source} has no [experiments.proxy] "
-            '(upstream = "http://host:port" at least)'
-        )
+    exp, px = config.require_proxy(experiment)
     k = config.kafka
     if k.client:
         raise ConfigError(
@@ -97,7 +92,7 @@ def settings(config: Config, experiment: str, host: str, port: int) -> dict[str,
             'kafka.ssl_key_password: proxy.engine = "go" reads unencrypted PEM keys only; '
             'decrypt the key (openssl pkey) or use engine = "python"'
         )
-    px, server = exp.proxy, config.proxy
+    server = config.proxy
     return {
         "listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "upstream": px.upstream,
