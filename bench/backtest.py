@@ -2,7 +2,7 @@
 worker scoring the same requests with the same model, in one run on one machine.
 
     .venv/bin/python bench/backtest.py [--requests 1000000] [--small 100000]
-        [--bootstrap 127.0.0.1:39092]
+        [--bootstrap 127.0.0.1:29092]
 
 Rates are of reading, scoring and storing (what the backtest prints on stderr; start-up
 and the verdict's queries apart, reported as `seconds_in_all`), the worker's of its
@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--bootstrap", default=os.environ.get("SHADOWLINE_TEST_BOOTSTRAP",
-                                                              "127.0.0.1:39092"))  # fmt: skip
+                                                              "127.0.0.1:29092"))  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sl-bench-backtest-") as d:
         tmp = Path(d)

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 import uuid
@@ -174,19 +175,32 @@ def wait_ports_free(host: str, ports: tuple[int, ...], timeout: float) -> list[i
         time.sleep(0.1)
 
 
-def listening(host: str, port: int, timeout: float = 0.5) -> bool:
+def listening(host: str, port: int, timeout: float = 0.5, source_port: int = 0) -> bool:
     """Whether something accepts connections on ``host:port``.
 
     A client connecting to a loopback port nobody listens on can be given that very
     port as its own source port (it is inside Linux's ephemeral range) and connect to
     itself; the socket then holds the port and the broker starting a moment later
     cannot bind it. So nothing pings the broker before this says it listens, and a
-    connection that reached itself is closed at once and counts as nobody."""
+    connection that reached itself counts as nobody and is reset, not closed: a closed
+    one would leave the port in TIME_WAIT for a minute, and a TIME_WAIT socket made
+    without SO_REUSEADDR blocks even a listener that sets it (seen: the broker's
+    "Address already in use" after a probe). ``source_port`` is for tests."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            return bool(s.getsockname()[:2] != s.getpeername()[:2])
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(timeout)
+        if source_port:
+            s.bind((host, source_port))
+        s.connect((host, port))
+        if s.getsockname()[:2] == s.getpeername()[:2]:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return False
+        return True
     except OSError:
         return False
+    finally:
+        s.close()
 
 
 def _check_ports_free(b: LocalBroker) -> None:

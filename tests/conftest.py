@@ -19,7 +19,7 @@ from shadowline.config import Config, load_config, parse_config
 from shadowline.kafka import create_topics, ping
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_BOOTSTRAP = os.environ.get("SHADOWLINE_TEST_BOOTSTRAP", "127.0.0.1:39092")
+TEST_BOOTSTRAP = os.environ.get("SHADOWLINE_TEST_BOOTSTRAP", "127.0.0.1:29092")
 
 
 def free_port() -> int:
