@@ -11,7 +11,9 @@ directly, then through each proxy in turn, at each rate; after each attack the n
 waits until the process attacked is idle again. Reported: p50 and p99 of each, their
 difference (what the proxy adds), the share of answers that were 2xx, the proxy's
 resident memory before and after each run and its CPU time per request (from /proc,
-user + system).
+user + system). ``--engines forward:nethttp,forward:pooled,forward:fasthttp`` adds bare
+HTTP forwarders (bench/forwarders, nothing mirrored) to the same run: what each HTTP
+stack alone costs.
 
     .venv/bin/shadowline kafka up -c .ci/shadowline-ci.toml
     .venv/bin/python bench/proxy_overhead.py --rates 1000,5000 --duration 20
@@ -131,9 +133,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2, help="direct/proxy alternations")
     parser.add_argument("--bootstrap", default=os.environ.get("SHADOWLINE_TEST_BOOTSTRAP",
-                                                              "127.0.0.1:39092"))  # fmt: skip
+                                                              "127.0.0.1:29092"))  # fmt: skip
     parser.add_argument("--engines", default="python,go",
-                        help="proxy engines to measure; go:N sets proxy.go_procs = N")  # fmt: skip
+                        help="proxy engines to measure; go:N sets proxy.go_procs = N; "
+                        "forward:nethttp|pooled|fasthttp is a bare HTTP stack from "
+                        "bench/forwarders, nothing mirrored")  # fmt: skip
     parser.add_argument("--upstream", choices=("python", "go"), default="python",
                         help="the model endpoint: aiohttp, or a Go one (bench/upstream) "
                         "cheap enough not to saturate first")  # fmt: skip
@@ -155,8 +159,18 @@ def main() -> None:
         upstream = subprocess.Popen([str(up_exe), str(up_port)])
     else:
         upstream = subprocess.Popen([py, str(work / "upstream.py"), str(up_port)], env=env)
+    forward_exe = TOOLS / "bench-forwarders"
+    if any(e.startswith("forward:") for e in engines):
+        subprocess.run(["go", "build", "-o", str(forward_exe), "."],
+                       cwd=ROOT / "bench" / "forwarders", check=True,
+                       env={**os.environ, "GOWORK": "off"})  # fmt: skip
     for engine in engines:
         ports[engine] = free_port()
+        if engine.startswith("forward:"):  # a bare HTTP stack, nothing mirrored
+            procs[engine] = subprocess.Popen([str(forward_exe), engine.split(":")[1],
+                                              f"127.0.0.1:{ports[engine]}",
+                                              f"127.0.0.1:{up_port}"])  # fmt: skip
+            continue
         cfg = work / f"{engine.replace(':', '-')}.toml"
         cfg.write_text(f"""
 [kafka]
@@ -199,6 +213,7 @@ model = "tests.fixtures.models:EchoModel"
         urls = {e: f"http://127.0.0.1:{ports[e]}{route}" for e in engines}
         for engine in engines:
             wait_http(f"http://127.0.0.1:{ports[engine]}/-/shadowline/healthz")
+            # (a bare forwarder answers the health path with the upstream's 404)
             attack(exe, urls[engine], 200, 3, work / "body.json")  # warm both paths
         for rate in (int(r) for r in args.rates.split(",")):
             for rnd in range(args.rounds):
@@ -218,7 +233,7 @@ model = "tests.fixtures.models:EchoModel"
                         "proxy_rss_mb": [round(before, 1), round(after, 1)],
                         "proxy_cpu_us_per_request": round(1e6 * cpu / max(via["requests"], 1)),
                     })  # fmt: skip
-        for engine in engines:
+        for engine in (e for e in engines if not e.startswith("forward:")):
             metrics = (
                 urllib.request.urlopen(  # noqa: S310  loopback
                     f"http://127.0.0.1:{ports[engine]}/-/shadowline/metrics", timeout=5
@@ -239,19 +254,19 @@ model = "tests.fixtures.models:EchoModel"
         print(json.dumps({"upstream": args.upstream, "runs": results,
                           "proxy_counters": counters}, indent=2))  # fmt: skip
         return
-    print(f"{'engine':>6} {'rate':>6} {'rnd':>3} {'direct p50':>10} {'p99':>8} {'proxy p50':>10} "
+    print(f"{'engine':>16} {'rate':>6} {'rnd':>3} {'direct p50':>10} {'p99':>8} {'proxy p50':>10} "
           f"{'p99':>8} {'added p50':>9} {'p99':>8} {'ok':>6} {'CPU us/req':>10} "
           f"{'proxy RSS MB':>14}")  # fmt: skip
     for r in results:
         d, p = r["direct"], r["proxy"]
-        print(f"{r['engine']:>6} {r['rate']:>6} {r['round']:>3} {d['p50_ms']:>10.3f} "
+        print(f"{r['engine']:>16} {r['rate']:>6} {r['round']:>3} {d['p50_ms']:>10.3f} "
               f"{d['p99_ms']:>8.3f} {p['p50_ms']:>10.3f} {p['p99_ms']:>8.3f} "
               f"{r['added_p50_ms']:>9.3f} {r['added_p99_ms']:>8.3f} {p['ok_share']:>6.3f} "
               f"{r['proxy_cpu_us_per_request']:>10} "
               f"{r['proxy_rss_mb'][0]:>6.1f}->{r['proxy_rss_mb'][1]:<6.1f}")  # fmt: skip
     keys = ("forwarded_total", "mirrored_total", "tap_delivered_total", "tap_failed_total",
             "tap_dropped_queue_full_total")  # fmt: skip
-    for engine in engines:
+    for engine in counters:
         print(f"{engine} proxy counters:", {k: counters[engine].get(k) for k in keys})
 
 
