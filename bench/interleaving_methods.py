@@ -50,7 +50,7 @@ from scipy.optimize import linprog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simulation import CATALOGUE, LIST_LENGTH, Rankers, clicks  # noqa: E402
+from simulation import CATALOGUE, LIST_LENGTH, Rankers, clicks, full_query  # noqa: E402
 
 from shadowline.interleave import team_draft  # noqa: E402
 
@@ -59,15 +59,6 @@ ALPHA = 0.05
 TAU = 3.0  # Hofmann et al.'s softmax exponent
 
 Query = tuple[np.ndarray, np.ndarray, np.ndarray]  # attractiveness, full rankings p, c
-
-
-def make_query(rng: np.random.Generator, rankers: Rankers, intent_spread: bool) -> Query:
-    attract = rng.beta(0.6, 2.0, size=CATALOGUE)
-    if intent_spread:
-        attract = attract * rng.random()
-    prod = np.argsort(-(attract + rankers.production_noise * rng.standard_normal(CATALOGUE)))
-    cand = np.argsort(-(attract + rankers.candidate_noise * rng.standard_normal(CATALOGUE)))
-    return attract, prod, cand
 
 
 def team_draft_outcome(q: Query, model: str, rng: np.random.Generator, seed: int) -> float:
@@ -184,7 +175,7 @@ def measure(model: str, variant: str, queries: int, optimized_queries: int, seed
     rng = np.random.default_rng(seed)
     hits: tuple[list[float], list[float]] = ([], [])
     for _ in range(queries):
-        attract, prod, cand = make_query(rng, rankers, spread)
+        attract, prod, cand = full_query(rng, rankers, spread)
         for arm, ranking in enumerate((prod, cand)):
             hits[arm].append(float(bool(clicks(model, attract, ranking[:LIST_LENGTH].tolist(),
                                                 rng))))  # fmt: skip
@@ -196,7 +187,7 @@ def measure(model: str, variant: str, queries: int, optimized_queries: int, seed
         outcomes = np.empty(n)
         started = time.perf_counter()
         for i in range(n):
-            outcomes[i] = method(make_query(rng, rankers, spread), model, rng, seed + i)
+            outcomes[i] = method(full_query(rng, rankers, spread), model, rng, seed + i)
         need = queries_needed(outcomes)
         res[name] = {
             "queries_simulated": n,

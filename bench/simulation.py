@@ -444,10 +444,22 @@ class Rankers:
     candidate_noise: float = 0.6
 
 
-def _query(rng: np.random.Generator, rankers: Rankers) -> tuple[np.ndarray, list[int], list[int]]:
+def full_query(
+    rng: np.random.Generator, rankers: Rankers, intent_spread: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A query's attractiveness per document and both rankers' whole rankings.
+    ``intent_spread`` scales every attractiveness by a per-query Uniform(0, 1), so that
+    queries differ in how often they get clicks at all."""
     attract = rng.beta(0.6, 2.0, size=CATALOGUE)  # few attractive documents per query
+    if intent_spread:
+        attract = attract * rng.random()
     prod = np.argsort(-(attract + rankers.production_noise * rng.standard_normal(CATALOGUE)))
     cand = np.argsort(-(attract + rankers.candidate_noise * rng.standard_normal(CATALOGUE)))
+    return attract, prod, cand
+
+
+def _query(rng: np.random.Generator, rankers: Rankers) -> tuple[np.ndarray, list[int], list[int]]:
+    attract, prod, cand = full_query(rng, rankers)
     return attract, prod[:LIST_LENGTH].tolist(), cand[:LIST_LENGTH].tolist()
 
 

@@ -29,8 +29,8 @@ def test_many_probes_of_a_closed_port_never_leave_it_taken():
 
 
 def test_a_probe_that_reached_itself_leaves_the_port_bindable_at_once():
-    # What happened once in 300 probes by chance, forced: the probe's source port is
-    # the port probed, so it connects to itself. The broker must still bind it now, not
+    # What happened once by chance (a probe handed the probed port as its own source
+    # port), forced: the probe connects to itself. The broker must still bind it now, not
     # after TIME_WAIT's minute (its listener sets SO_REUSEADDR, as this one does).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
